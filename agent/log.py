@@ -1,0 +1,63 @@
+"""structlog configuration, done once per process; secrets are scrubbed from every event."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Never let `value` reach a log line, whatever field it hides in."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """Replace every registered secret in `text`."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _scrub_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _secrets:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = scrub(value)
+            elif value is not None and not isinstance(value, int | float | bool):
+                event[key] = scrub(str(value))
+    return event
+
+
+def configure(log_format: str = "auto", level: str = "info") -> None:
+    """JSON lines unless stderr is a terminal (or the caller asks for one or the other)."""
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _scrub_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(name: str = "preload") -> Any:
+    """A bound logger."""
+    return structlog.get_logger(name)

@@ -1,0 +1,80 @@
+"""The one retry policy: transient errors only, bounded by attempts and time, jittered.
+
+`PRELOAD_RETRY_SCALE` multiplies every wait (0 makes retries instant in tests).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import tenacity
+
+from agent import log
+from agent.errors import DeadlineExceeded, TransientError
+
+T = TypeVar("T")
+MAX_RETRY_AFTER = 120.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds for retrying one operation."""
+
+    attempts: int = 8
+    total_seconds: float = 600.0
+    initial_wait: float = 0.5
+    max_wait: float = 30.0
+    deadline: float | None = None  # time.monotonic() after which nothing is retried
+
+    def scale(self) -> float:
+        """Wait multiplier from the environment (tests set 0)."""
+        try:
+            return max(0.0, float(os.environ.get("PRELOAD_RETRY_SCALE", "1")))
+        except ValueError:
+            return 1.0
+
+
+def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
+    def compute(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            wait = min(float(retry_after), MAX_RETRY_AFTER)
+        else:
+            cap = min(policy.max_wait, policy.initial_wait * 2 ** (state.attempt_number - 1))
+            wait = random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not crypto
+        wait *= policy.scale()
+        if policy.deadline is not None:
+            left = policy.deadline - time.monotonic()
+            if wait >= left:
+                raise DeadlineExceeded("timed out while waiting to retry") from exc
+        return wait
+
+    return compute
+
+
+def call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
+    """Run `fn`, retrying TransientError under `policy`; log each retry with its cause."""
+    logger = log.get()
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.warning(
+            "retry", what=what, attempt=state.attempt_number, wait_s=round(wait, 2), cause=str(exc)
+        )
+
+    retryer = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(TransientError),
+        stop=tenacity.stop_after_attempt(policy.attempts)
+        | tenacity.stop_after_delay(policy.total_seconds * max(policy.scale(), 0.01)),
+        wait=_wait(policy),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retryer(fn)

@@ -1,0 +1,314 @@
+"""The on-disk format: layouts, staging, atomic publish, completion markers, locks, free space.
+
+Everything that asks "is this model ready?" asks this module. Layout under DIR:
+
+    .preload/locks/ORG--NAME.lock                 flock held by the one process transferring
+    .preload/staging/ORG--NAME/<hash>.part        partial files (+ .journal with chunk progress)
+    .preload/versions/ORG/NAME/<commit>/...       published files of the `dir` layout
+    .preload/markers/<layout>/ORG/NAME.json       the manifest; written last, atomically
+    ORG/NAME -> ../.preload/versions/ORG/NAME/<commit>      (`dir` layout; swapped atomically)
+    models--ORG--NAME/{blobs,snapshots,refs,trees}          (`hf-cache` layout, the hub's own)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import DiskSpaceError, IntegrityError, UsageError
+from agent.manifest import Manifest, RemoteFile
+from agent.spec import Layout, ModelSpec
+
+STATE = ".preload"
+SPACE_MARGIN_MIN = 64 << 20
+SPACE_MARGIN_FRACTION = 0.01
+LOCK_POLL = 0.2
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one verified file ends up, and where it is assembled before that."""
+
+    file: RemoteFile
+    final: Path
+    part: Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _atomic_symlink(target: str, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+class Store:
+    """One destination directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / STATE
+
+    # -- set-up --------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check DIR is a writable directory (creating it if needed), and lay out our state dir."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"destination {self.root} exists and is not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in ("locks", "staging", "versions", "markers"):
+                (self.state / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"destination {self.root} is not writable: {exc.strerror}") from exc
+        if not os.access(self.state, os.W_OK | os.X_OK):
+            raise UsageError(f"destination {self.root} is not writable")
+
+    @contextlib.contextmanager
+    def lock(
+        self,
+        spec: ModelSpec,
+        deadline: float | None = None,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> Iterator[bool]:
+        """flock the model, polling until `deadline` (monotonic); the kernel drops it if we die.
+
+        Yields False if the deadline passed first. `deadline=0` means "try once".
+        """
+        path = self.state / "locks" / f"{spec.org}--{spec.name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        yield False
+                        return
+                    if on_wait is not None:
+                        on_wait(time.monotonic() - started)
+                    time.sleep(LOCK_POLL)
+            yield True
+        finally:
+            os.close(fd)
+
+    def is_locked(self, spec: ModelSpec) -> bool:
+        """True if some process holds the model's lock right now."""
+        if not (self.state / "locks").is_dir():
+            return False
+        with self.lock(spec, deadline=0) as got:
+            return not got
+
+    # -- paths ---------------------------------------------------------------------
+
+    def marker_path(self, spec: ModelSpec) -> Path:
+        """The completion marker of a model in a layout."""
+        return self.state / "markers" / spec.layout.value / spec.org / f"{spec.name}.json"
+
+    def model_path(self, spec: ModelSpec, commit: str | None = None) -> Path:
+        """What a reader opens: DIR/ORG/NAME, or the hub-cache snapshot of `commit`."""
+        if spec.layout is Layout.DIR:
+            return self.root / spec.org / spec.name
+        return self.hf_repo_dir(spec) / "snapshots" / (commit or "")
+
+    def hf_repo_dir(self, spec: ModelSpec) -> Path:
+        """models--ORG--NAME in the hub cache layout."""
+        return self.root / f"models--{spec.org}--{spec.name}"
+
+    def version_dir(self, spec: ModelSpec, commit: str) -> Path:
+        """The published files of one commit in the `dir` layout."""
+        return self.state / "versions" / spec.org / spec.name / commit
+
+    def staging_dir(self, spec: ModelSpec) -> Path:
+        """Where partial files of a model live."""
+        return self.state / "staging" / f"{spec.org}--{spec.name}"
+
+    def placements(self, spec: ModelSpec, commit: str, files: tuple[RemoteFile, ...]) -> list[Placement]:
+        """Final and staging paths of each file."""
+        staging = self.staging_dir(spec)
+        out = []
+        for f in files:
+            if spec.layout is Layout.DIR:
+                final = self.version_dir(spec, commit) / f.path
+            else:
+                final = self.hf_repo_dir(spec) / "blobs" / f.digest.hex
+            out.append(Placement(f, final, staging / f"{f.digest.hex}.part"))
+        return out
+
+    # -- readiness -----------------------------------------------------------------
+
+    def read_marker(self, spec: ModelSpec) -> Manifest | None:
+        """The marker's manifest if present and well-formed for this repo and layout."""
+        try:
+            data = self.marker_path(spec).read_bytes()
+        except OSError:
+            return None
+        try:
+            m = Manifest.from_json(data)
+        except IntegrityError:
+            return None
+        if m.repo != spec.repo or m.layout != spec.layout.value:
+            return None
+        return m
+
+    def ready(self, spec: ModelSpec) -> Manifest | None:
+        """The manifest if the requested revision is published and every file is in place."""
+        m = self.read_marker(spec)
+        if m is None:
+            return None
+        if spec.pinned and m.commit != spec.revision:
+            return None
+        if not spec.pinned and m.revision != spec.revision:
+            return None
+        if not self._pointer_ok(spec, m):
+            return None
+        return m if not self.fast_check(spec, m) else None
+
+    def _pointer_ok(self, spec: ModelSpec, m: Manifest) -> bool:
+        if spec.layout is Layout.DIR:
+            try:
+                return Path(os.readlink(self.model_path(spec))).name == m.commit
+            except OSError:
+                return False
+        if not spec.pinned:
+            try:
+                return (self.hf_repo_dir(spec) / "refs" / m.revision).read_text() == m.commit
+            except OSError:
+                return False
+        return True
+
+    def fast_check(self, spec: ModelSpec, m: Manifest) -> list[str]:
+        """Paths that are missing or have the wrong size (no hashing)."""
+        bad = []
+        base = self.model_path(spec, m.commit)
+        if spec.layout is Layout.DIR:
+            base = self.version_dir(spec, m.commit)
+        for f in m.files:
+            try:
+                if (base / f.path).stat().st_size != f.size:
+                    bad.append(f.path)
+            except OSError:
+                bad.append(f.path)
+        return bad
+
+    # -- space ---------------------------------------------------------------------
+
+    def check_space(self, needed: int) -> None:
+        """Refuse to start when the bytes still needed (plus a margin) exceed free space."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        margin = max(SPACE_MARGIN_MIN, int(needed * SPACE_MARGIN_FRACTION))
+        if needed and needed + margin > free:
+            raise DiskSpaceError(
+                f"not enough space on {self.root}: need {fmt_bytes(needed)} (+{fmt_bytes(margin)} margin), "
+                f"free {fmt_bytes(free)}"
+            )
+
+    # -- publish -------------------------------------------------------------------
+
+    def publish(self, spec: ModelSpec, m: Manifest) -> Path:
+        """Make a fully verified, durable set of files visible; the marker is written last."""
+        path = self._publish_dir(spec, m) if spec.layout is Layout.DIR else self._publish_hf_cache(spec, m)
+        atomic_write(self.marker_path(spec), m.to_json().encode())
+        return path
+
+    def _publish_dir(self, spec: ModelSpec, m: Manifest) -> Path:
+        link = self.model_path(spec)
+        if link.exists() and not link.is_symlink():
+            raise UsageError(
+                f"{link} exists and was not written by preload; move it away or pick another --dest"
+            )
+        link.parent.mkdir(parents=True, exist_ok=True)
+        target = os.path.relpath(self.version_dir(spec, m.commit), link.parent)
+        _atomic_symlink(target, link)
+        fsync_dir(link.parent)
+        return link
+
+    def _publish_hf_cache(self, spec: ModelSpec, m: Manifest) -> Path:
+        repo = self.hf_repo_dir(spec)
+        snap = repo / "snapshots" / m.commit
+        for f in m.files:
+            link = snap / f.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            target = os.path.relpath(repo / "blobs" / f.digest.hex, link.parent)
+            if not (link.is_symlink() and os.readlink(link) == target):
+                _atomic_symlink(target, link)
+        tree = {
+            "format_version": 1,
+            "files": {
+                f.path: {"size": f.size, "blob_id": f.digest.hex}
+                if f.digest.algo != "sha256"
+                else {
+                    "size": f.size,
+                    "blob_id": f.blob_id or f.digest.hex,
+                    "lfs_sha256": f.digest.hex,
+                    "lfs_size": f.size,
+                }
+                for f in m.files
+            },
+        }
+        atomic_write(repo / "trees" / f"{m.commit}.json", json.dumps(tree, indent=1).encode())
+        tag = self.root / "CACHEDIR.TAG"
+        if not tag.exists():
+            atomic_write(tag, b"Signature: 8a477f597d28d172789f06886806bc55\n")
+        for d in {(snap / f.path).parent for f in m.files}:
+            fsync_dir(d)
+        if not spec.pinned:
+            # The hub client reads refs/<rev> verbatim: no trailing newline.
+            atomic_write(repo / "refs" / m.revision, m.commit.encode())
+        return snap
+
+    def remove_staging(self, spec: ModelSpec) -> None:
+        """Drop a model's leftover partial files."""
+        shutil.rmtree(self.staging_dir(spec), ignore_errors=True)
+
+
+def fmt_bytes(n: int) -> str:
+    """Human-readable bytes, binary units."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def is_no_space(exc: OSError) -> bool:
+    """ENOSPC or EDQUOT."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def now() -> float:
+    """Wall-clock time for manifests."""
+    return time.time()

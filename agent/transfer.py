@@ -1,0 +1,453 @@
+"""Parallel, ranged, resumable fetching with hashing as bytes arrive.
+
+A file is cut into chunks fetched over several connections at once. Each chunk's
+progress is journaled every JOURNAL_EVERY bytes, so a killed process loses at most
+that much per connection. A one-chunk file is hashed in memory as it streams; a
+multi-chunk file is hashed from the page cache right behind the writers, in order.
+Only a file whose hash matches is renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import log, retry
+from agent.errors import DeadlineExceeded, DiskSpaceError, IntegrityError, PreloadError
+from agent.integrity import READ_BLOCK, Hasher, hash_file
+from agent.manifest import RemoteFile
+from agent.sources import Snapshot, Source
+from agent.spec import ModelSpec
+from agent.store import Placement, fsync_dir, is_no_space
+
+JOURNAL_EVERY = 1 << 20
+JOURNAL_SUFFIX = ".journal"
+
+
+class Cancelled(PreloadError):
+    """The caller asked us to stop (SIGTERM in the agent)."""
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """Knobs for one transfer."""
+
+    max_workers: int = 16
+    chunk_size: int = 32 << 20
+    retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
+    verify_attempts: int = 2
+    progress_interval: float = 5.0
+    deadline: float | None = None
+    cancel: threading.Event | None = None
+
+
+@dataclass
+class Progress:
+    """Thread-safe counters, readable while a transfer runs."""
+
+    total: int = 0
+    done: int = 0
+    fetched: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, n: int) -> None:
+        """Count `n` bytes received."""
+        with self._lock:
+            self.done += n
+            self.fetched += n
+
+    def resumed(self, n: int) -> None:
+        """Count `n` bytes found on disk from an earlier run."""
+        with self._lock:
+            self.done += n
+
+    def file_finished(self) -> None:
+        """Count one file published into place."""
+        with self._lock:
+            self.files_done += 1
+
+    def rate(self) -> float:
+        """Bytes per second received in this run."""
+        elapsed = time.monotonic() - self.started
+        return self.fetched / elapsed if elapsed > 0 else 0.0
+
+
+class _Job:
+    """One file (by content) being assembled in staging."""
+
+    def __init__(self, file: RemoteFile, part: Path, finals: list[Path], chunk_size: int) -> None:
+        self.file = file
+        self.part = part
+        self.journal = part.with_name(part.name + JOURNAL_SUFFIX)
+        self.finals = finals
+        size = file.size
+        self.chunks = [(s, min(s + chunk_size, size)) for s in range(0, size, chunk_size)]
+        self.written = [0] * len(self.chunks)
+        self.fd: int | None = None
+        self.jfd: int | None = None
+        self.hasher: Hasher = file.digest.hasher(size)
+        self.hashed = 0  # chunks folded into the hasher
+        self.finished = 0
+        self.lock = threading.Lock()
+        self.hash_lock = threading.Lock()
+        self.resumed = 0
+
+    @property
+    def journaled(self) -> bool:
+        return self.file.size > JOURNAL_EVERY
+
+    def open(self) -> None:
+        """Open (or resume) the part file; idempotent."""
+        with self.lock:
+            if self.fd is not None:
+                return
+            self.part.parent.mkdir(parents=True, exist_ok=True)
+            header = f"v1 {self.file.size} {self.chunks[0][1] if self.chunks else 0} {self.file.digest.hex}\n"
+            resumable = self.journaled and self.part.exists() and self._load_journal(header)
+            if not resumable:
+                self.written = [0] * len(self.chunks)
+                with contextlib.suppress(FileNotFoundError):
+                    self.journal.unlink()
+            flags = os.O_RDWR | os.O_CREAT | (0 if resumable else os.O_TRUNC)
+            self.fd = os.open(self.part, flags, 0o644)
+            try:
+                if self.file.size:
+                    os.posix_fallocate(self.fd, 0, self.file.size)
+            except OSError as exc:
+                self.close()
+                if is_no_space(exc):
+                    raise DiskSpaceError(f"no space left for {self.file.path} on {self.part.parent}") from exc
+                raise
+            if self.journaled:
+                self.jfd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                if not resumable:
+                    os.write(self.jfd, header.encode())
+            self.resumed = sum(self.written)
+            if len(self.chunks) == 1 and self.written[0]:
+                # Whole-file streams hash in memory; re-read the part we kept.
+                self.hasher = hash_file(self.part, self.file.digest.algo, self.file.size, self.written[0])
+
+    def _load_journal(self, header: str) -> bool:
+        try:
+            lines = self.journal.read_text().splitlines()
+        except OSError:
+            return False
+        if not lines or lines[0] + "\n" != header:
+            return False
+        for line in lines[1:]:
+            try:
+                idx_s, n_s = line.split()
+                idx, n = int(idx_s), int(n_s)
+            except ValueError:
+                continue  # a torn last line from a kill mid-write
+            if 0 <= idx < len(self.chunks):
+                start, end = self.chunks[idx]
+                self.written[idx] = max(self.written[idx], min(n, end - start))
+        return True
+
+    def record(self, idx: int) -> None:
+        """Journal how far chunk `idx` has got."""
+        if self.jfd is not None:
+            os.write(self.jfd, f"{idx} {self.written[idx]}\n".encode())
+
+    def close(self) -> None:
+        """Close descriptors."""
+        for fd in (self.fd, self.jfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.jfd = None
+
+    def discard(self) -> None:
+        """Delete the part file and journal (after a hash mismatch)."""
+        self.close()
+        for p in (self.part, self.journal):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+class Transfer:
+    """Fetch a set of placements from one source."""
+
+    def __init__(
+        self,
+        source: Source,
+        spec: ModelSpec,
+        snap: Snapshot,
+        opts: TransferOptions,
+        progress: Progress,
+    ) -> None:
+        self.source = source
+        self.spec = spec
+        self.snap = snap
+        self.opts = opts
+        self.progress = progress
+        self._stop = threading.Event()
+        self._dirs: set[Path] = set()
+        self._log = log.get()
+
+    # -- planning ------------------------------------------------------------------
+
+    @staticmethod
+    def group(placements: Iterable[Placement]) -> dict[Path, list[Placement]]:
+        """Placements by staging path: identical content is fetched once."""
+        groups: dict[Path, list[Placement]] = defaultdict(list)
+        for p in placements:
+            groups[p.part].append(p)
+        return groups
+
+    @staticmethod
+    def _present(p: Placement) -> bool:
+        try:
+            return p.final.stat().st_size == p.file.size
+        except OSError:
+            return False
+
+    @classmethod
+    def pending_bytes(cls, placements: Iterable[Placement]) -> int:
+        """Bytes still to be written to disk, counting space already allocated to partial files."""
+        total = 0
+        for part, group in cls.group(placements).items():
+            if any(cls._present(p) for p in group):
+                continue
+            size = group[0].file.size
+            try:
+                allocated = part.stat().st_blocks * 512
+            except OSError:
+                allocated = 0
+            total += max(0, size - allocated)
+        return total
+
+    # -- running -------------------------------------------------------------------
+
+    def run(self, placements: list[Placement]) -> None:
+        """Fetch everything not yet in place; hash mismatches are refetched a bounded number of times."""
+        groups = self.group(placements)
+        todo: list[list[Placement]] = []
+        for group in groups.values():
+            have = next((p for p in group if self._present(p)), None)
+            if have is None:
+                todo.append(group)
+                continue
+            for p in group:
+                if not self._present(p):
+                    self._link(have.final, p.final)
+        self.progress.files_total = len(groups)
+        self.progress.files_done = len(groups) - len(todo)
+        self.progress.total = sum(g[0].file.size for g in groups.values())
+        self.progress.done = self.progress.total - sum(g[0].file.size for g in todo)
+        reporter = threading.Thread(target=self._report, daemon=True)
+        reporter.start()
+        try:
+            for attempt in range(1, self.opts.verify_attempts + 1):
+                failed = self._round(todo)
+                if not failed:
+                    break
+                names = ", ".join(j.file.path for j in failed)
+                if attempt == self.opts.verify_attempts:
+                    raise IntegrityError(
+                        f"hash mismatch after {attempt} attempts: {names} "
+                        f"(source {self.snap.source} keeps sending bytes that do not match the listing)"
+                    )
+                self._log.warning("hash_mismatch", files=names, action="refetching", attempt=attempt)
+                todo = [groups[j.part] for j in failed]
+            for d in sorted(self._dirs):
+                fsync_dir(d)
+        finally:
+            self._stop.set()
+            reporter.join(timeout=1)
+
+    def _round(self, groups: list[list[Placement]]) -> list[_Job]:
+        jobs = [_Job(g[0].file, g[0].part, [p.final for p in g], self.opts.chunk_size) for g in groups]
+        failed: list[_Job] = []
+        failed_lock = threading.Lock()
+
+        def task(job: _Job, idx: int) -> None:
+            try:
+                self._chunk(job, idx)
+            except IntegrityError:
+                job.discard()
+                with failed_lock:
+                    if job not in failed:
+                        failed.append(job)
+
+        with ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool:
+            futures: list[Future[None]] = []
+            for job in jobs:
+                if not job.chunks:
+                    futures.append(pool.submit(task, job, -1))
+                futures.extend(pool.submit(task, job, i) for i in range(len(job.chunks)))
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            if any(f.exception() is not None for f in done):
+                self._stop.set()
+                for f in pending:
+                    f.cancel()
+        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
+        # The first real cause, not the Cancelled it triggered in the other workers.
+        error = next((e for e in errors if not isinstance(e, Cancelled)), errors[0] if errors else None)
+        for job in jobs:
+            job.close()
+        if error is not None:
+            raise error
+        return failed
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise Cancelled("transfer stopped")
+        if self.opts.cancel is not None and self.opts.cancel.is_set():
+            raise Cancelled("cancelled")
+        if self.opts.deadline is not None and time.monotonic() > self.opts.deadline:
+            raise DeadlineExceeded("timed out before the transfer finished")
+
+    def _chunk(self, job: _Job, idx: int) -> None:
+        self._check()
+        if idx < 0:  # an empty file
+            self._finish(job)
+            return
+        job.open()
+        start, end = job.chunks[idx]
+        single = len(job.chunks) == 1
+        self.progress.resumed(job.written[idx])
+
+        def attempt() -> None:
+            self._check()
+            pos = start + job.written[idx]
+            if pos >= end:
+                return
+            since_journal = 0
+            with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
+                for block in stream:
+                    self._check()
+                    self._write(job, block, pos)
+                    if single:
+                        job.hasher.update(block)
+                    pos += len(block)
+                    job.written[idx] = pos - start
+                    self.progress.add(len(block))
+                    since_journal += len(block)
+                    if since_journal >= JOURNAL_EVERY:
+                        job.record(idx)
+                        since_journal = 0
+            job.record(idx)
+
+        retry.call(attempt, self.opts.retry, what=f"{job.file.path}[{idx}]")
+        if single:
+            self._finish(job)
+        else:
+            self._advance_hash(job)
+
+    def _write(self, job: _Job, block: bytes, pos: int) -> None:
+        assert job.fd is not None
+        view = memoryview(block)
+        try:
+            while view:
+                n = os.pwrite(job.fd, view, pos)
+                view, pos = view[n:], pos + n
+        except OSError as exc:
+            if is_no_space(exc):
+                raise DiskSpaceError(f"disk full while writing {job.file.path} to {job.part.parent}") from exc
+            raise PreloadError(f"cannot write {job.part}: {exc.strerror}") from exc
+
+    def _advance_hash(self, job: _Job) -> None:
+        """Fold finished chunks into the hash in order; whoever holds the hash lock does the work."""
+        while True:
+            if not job.hash_lock.acquire(blocking=False):
+                return
+            try:
+                while job.hashed < len(job.chunks):
+                    s, e = job.chunks[job.hashed]
+                    if job.written[job.hashed] < e - s:
+                        break
+                    self._hash_range(job, s, e)
+                    job.hashed += 1
+                complete = job.hashed == len(job.chunks)
+            finally:
+                job.hash_lock.release()
+            if complete:
+                with job.lock:
+                    if job.finished:
+                        return
+                    job.finished = 1
+                self._finish(job)
+                return
+            s, e = job.chunks[job.hashed]
+            if job.written[job.hashed] < e - s:
+                return  # the worker finishing that chunk will come back here
+
+    def _hash_range(self, job: _Job, start: int, end: int) -> None:
+        assert job.fd is not None
+        pos = start
+        while pos < end:
+            self._check()
+            block = os.pread(job.fd, min(READ_BLOCK, end - pos), pos)
+            if not block:
+                raise IntegrityError(f"{job.file.path}: part file shorter than expected")
+            job.hasher.update(block)
+            pos += len(block)
+
+    def _finish(self, job: _Job) -> None:
+        got = job.hasher.hexdigest()
+        want = job.file.digest.hex
+        if got != want:
+            self._log.warning(
+                "hash_mismatch",
+                file=job.file.path,
+                algo=job.file.digest.algo,
+                expected=want,
+                got=got,
+            )
+            raise IntegrityError(f"{job.file.path}: {job.file.digest.algo} mismatch")
+        job.open()  # empty files have not been opened yet
+        assert job.fd is not None
+        os.fdatasync(job.fd)
+        job.close()
+        first = job.finals[0]
+        first.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(job.part, first)
+        with contextlib.suppress(FileNotFoundError):
+            job.journal.unlink()
+        self._dirs.add(first.parent)
+        for other in job.finals[1:]:
+            self._link(first, other)
+        self.progress.file_finished()
+
+    def _link(self, src: Path, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        self._dirs.add(dst.parent)
+
+    def _report(self) -> None:
+        interval = self.opts.progress_interval
+        while not self._stop.wait(interval):
+            p = self.progress
+            rate = p.rate()
+            left = max(0, p.total - p.done)
+            self._log.info(
+                "progress",
+                repo=self.spec.repo,
+                bytes_done=p.done,
+                bytes_total=p.total,
+                percent=round(100 * p.done / p.total, 1) if p.total else 100.0,
+                mb_per_s=round(rate / 1e6, 1),
+                eta_s=round(left / rate) if rate > 0 else None,
+                files_done=p.files_done,
+                files_total=p.files_total,
+            )
