@@ -114,6 +114,14 @@ log_format_option = _opt(
     help="Fetch every file, even duplicate weight formats.",
 )
 @_opt(
+    "--source",
+    "sources",
+    env="PRELOAD_SOURCE",
+    multiple=True,
+    help="Where to get the model, tried in order: 'hf' (the hub) or a directory/file:// URL "
+    "[default: hf].",
+)
+@_opt(
     "--endpoint",
     env="HF_ENDPOINT",
     default="https://huggingface.co",
@@ -185,6 +193,7 @@ def cli(ctx: click.Context, /, **kw: Any) -> None:
 def run_preload(**kw: Any) -> None:
     """Validate the options and run one preload."""
     from agent.preload import PreloadOptions, preload
+    from agent.sources import factories
     from agent.sources.hub import HubSource, default_token
 
     repo, revision = parse_model(kw["model"], kw["revision"])
@@ -214,7 +223,7 @@ def run_preload(**kw: Any) -> None:
             max_connections=kw["max_workers"],
         )
 
-    preload(spec, dest, [hub], opts)
+    preload(spec, dest, factories(kw["sources"], hub), opts)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Any
 from agent import log, retry
 from agent.errors import DeadlineExceeded, PreloadError, UsageError
 from agent.manifest import Manifest
-from agent.sources import Snapshot, Source
+from agent.sources import Snapshot, SourceFactory
 from agent.spec import ModelSpec
 from agent.store import Store, fmt_bytes
 from agent.transfer import Progress, Transfer, TransferOptions
@@ -41,9 +41,6 @@ class PreloadResult:
     fetched_bytes: int
     seconds: float
     already_complete: bool
-
-
-SourceFactory = Callable[[], Source]
 
 
 def preload(

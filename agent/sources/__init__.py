@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,3 +40,21 @@ class Source(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+SourceFactory = Callable[[], Source]
+HUB = "hf"
+
+
+def factories(names: Sequence[str], hub: SourceFactory) -> list[SourceFactory]:
+    """Source factories in the order given: "hf" is the hub, anything else a directory."""
+    out: list[SourceFactory] = []
+    for name in names or (HUB,):
+        if name == HUB:
+            out.append(hub)
+            continue
+        from agent.sources.directory import DirectorySource, parse_location
+
+        root = parse_location(name)
+        out.append(lambda root=root: DirectorySource(root))  # type: ignore[misc]
+    return out
