@@ -30,6 +30,7 @@ class PreloadOptions:
     progress_interval: float = 5.0
     retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     cancel: threading.Event | None = field(default=None, compare=False)
+    drop_cache: bool = False  # drop written pages from the page cache (pod memory limits)
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,14 @@ def _fetch(
             )
             topts = TransferOptions(
                 max_workers=opts.max_workers,
-                chunk_size=opts.chunk_size,
+                chunk_size=snap.chunk_size or opts.chunk_size,
                 retry=policy,
                 progress_interval=opts.progress_interval,
                 deadline=deadline,
                 cancel=opts.cancel,
+                drop_cache=opts.drop_cache,
             )
-            Transfer(source, spec, snap, topts, progress).run(placements)
+            Transfer(source, spec, snap, topts, progress).run(placements, store.published_files(spec))
             return Manifest(
                 repo=spec.repo,
                 revision=spec.revision,

@@ -222,6 +222,17 @@ class Store:
                 bad.append(f.path)
         return bad
 
+    def published_files(self, spec: ModelSpec) -> dict[str, Path]:
+        """Content hash -> path of every file of the currently published revision (verified once)."""
+        m = self.read_marker(spec)
+        if m is None:
+            return {}
+        base = self.version_dir(spec, m.commit) if spec.layout is Layout.DIR else None
+        return {
+            f.digest.hex: (base / f.path) if base else self.hf_repo_dir(spec) / "blobs" / f.digest.hex
+            for f in m.files
+        }
+
     # -- space ---------------------------------------------------------------------
 
     def check_space(self, needed: int) -> None:

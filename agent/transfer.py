@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from agent.store import Placement, fsync_dir, is_no_space
 
 JOURNAL_EVERY = 1 << 20
 JOURNAL_SUFFIX = ".journal"
+DROP_LAG = 64 << 20  # pages this far behind the writer have likely been written back
 
 
 class Cancelled(PreloadError):
@@ -47,6 +48,7 @@ class TransferOptions:
     progress_interval: float = 5.0
     deadline: float | None = None
     cancel: threading.Event | None = None
+    drop_cache: bool = False
 
 
 @dataclass
@@ -177,6 +179,28 @@ class _Job:
                 p.unlink()
 
 
+def _drop_behind(job: _Job, pos: int) -> None:
+    """Start writeback of a streamed file and drop the pages well behind the writer.
+
+    DONTNEED writes dirty pages back asynchronously and discards the clean ones, so the
+    page cache a one-pass copy holds stays bounded instead of growing to the file's size.
+    Only whole-file streams use this: ranged files are hashed from the page cache later.
+    Called each time the writer crosses a DROP_LAG boundary; the window two boundaries back
+    (already asked to write back last time) is the one dropped.
+    """
+    assert job.fd is not None
+    window = (pos // DROP_LAG - 2) * DROP_LAG
+    if window >= 0:
+        os.posix_fadvise(job.fd, window, 2 * DROP_LAG, os.POSIX_FADV_DONTNEED)
+
+
+def _same_size(path: Path | None, size: int) -> Path | None:
+    try:
+        return path if path is not None and path.stat().st_size == size else None
+    except OSError:
+        return None
+
+
 class Transfer:
     """Fetch a set of placements from one source."""
 
@@ -231,18 +255,24 @@ class Transfer:
 
     # -- running -------------------------------------------------------------------
 
-    def run(self, placements: list[Placement]) -> None:
-        """Fetch everything not yet in place; hash mismatches are refetched a bounded number of times."""
+    def run(self, placements: list[Placement], reuse: Mapping[str, Path] | None = None) -> None:
+        """Fetch everything not yet in place; hash mismatches are refetched a bounded number of times.
+
+        `reuse` maps content hashes to verified files already published (an older revision):
+        those are linked, not fetched.
+        """
         groups = self.group(placements)
         todo: list[list[Placement]] = []
         for group in groups.values():
-            have = next((p for p in group if self._present(p)), None)
+            have = next((p.final for p in group if self._present(p)), None)
+            if have is None and reuse:
+                have = _same_size(reuse.get(group[0].file.digest.hex), group[0].file.size)
             if have is None:
                 todo.append(group)
                 continue
             for p in group:
                 if not self._present(p):
-                    self._link(have.final, p.final)
+                    self._link(have, p.final)
         self.progress.files_total = len(groups)
         self.progress.files_done = len(groups) - len(todo)
         self.progress.total = sum(g[0].file.size for g in groups.values())
@@ -339,6 +369,8 @@ class Transfer:
                     if since_journal >= JOURNAL_EVERY:
                         job.record(idx)
                         since_journal = 0
+                    if single and self.opts.drop_cache and pos // DROP_LAG != (pos - len(block)) // DROP_LAG:
+                        _drop_behind(job, pos)
             job.record(idx)
 
         retry.call(attempt, self.opts.retry, what=f"{job.file.path}[{idx}]")
@@ -411,6 +443,8 @@ class Transfer:
         job.open()  # empty files have not been opened yet
         assert job.fd is not None
         os.fdatasync(job.fd)
+        if self.opts.drop_cache:
+            os.posix_fadvise(job.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         job.close()
         first = job.finals[0]
         first.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,86 @@
+"""Shared fixtures: the loopback test hub and a runner for the real `preload` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["tests.hubfixtures"]
+
+
+@dataclass
+class Run:
+    """A finished `preload` process."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines it wrote to stderr."""
+        out = []
+        for line in self.stderr.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def event(self, name: str) -> dict[str, Any]:
+        """The last log event with this name."""
+        matches = [e for e in self.events() if e.get("event") == name]
+        assert matches, f"no {name!r} event in:\n{self.stderr}"
+        return matches[-1]
+
+
+def base_env(tmp_path: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment: no user token, instant retries, JSON logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PRELOAD_"))}
+    env.update(
+        HF_HOME=str(tmp_path / "hf-home"),
+        PRELOAD_RETRY_SCALE="0",
+        PRELOAD_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra or {})
+    return env
+
+
+RunPreload = Callable[..., Run]
+
+
+@pytest.fixture
+def run_preload(tmp_path: Path) -> RunPreload:
+    """Run `python -m agent ARGS` as a real process and collect its output."""
+
+    def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> Run:
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            env=base_env(tmp_path, env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+def spawn_preload(tmp_path: Path, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `python -m agent ARGS` without waiting."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *args],
+        env=base_env(tmp_path, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
