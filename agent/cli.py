@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -118,8 +119,7 @@ log_format_option = _opt(
     "sources",
     env="PRELOAD_SOURCE",
     multiple=True,
-    help="Where to get the model, tried in order: 'hf' (the hub) or a directory/file:// URL "
-    "[default: hf].",
+    help="Where to get the model, tried in order: 'hf' (the hub) or a directory/file:// URL [default: hf].",
 )
 @_opt(
     "--endpoint",
@@ -168,6 +168,13 @@ log_format_option = _opt(
     help="Re-resolve the branch even if a complete copy exists.",
 )
 @_opt(
+    "--drop-cache",
+    env="PRELOAD_DROP_CACHE",
+    is_flag=True,
+    help="Drop copied pages from the page cache as they are written (it counts against a pod's "
+    "memory limit).",
+)
+@_opt(
     "--progress-interval",
     env="PRELOAD_PROGRESS_INTERVAL",
     type=Duration(),
@@ -212,6 +219,7 @@ def run_preload(**kw: Any) -> None:
         timeout=kw["timeout"],
         refresh=kw["refresh"],
         progress_interval=kw["progress_interval"] or 5.0,
+        drop_cache=kw["drop_cache"],
     )
     token_file = str(kw["token_file"]) if kw["token_file"] else None
 
@@ -223,7 +231,273 @@ def run_preload(**kw: Any) -> None:
             max_connections=kw["max_workers"],
         )
 
-    preload(spec, dest, factories(kw["sources"], hub), opts)
+    preload(spec, dest, factories(kw["sources"], hub, kw["drop_cache"]), opts)
+
+
+@cli.command("verify", context_settings=CONTEXT)
+@_opt("--model", env="PRELOAD_MODEL", required=True, help="Model to check: ORG/NAME[@REVISION].")
+@_opt("--dest", env="PRELOAD_DEST", required=True, type=click.Path(path_type=Path), help="Cache directory.")
+@_opt(
+    "--layout",
+    env="PRELOAD_LAYOUT",
+    type=click.Choice([layout.value for layout in Layout]),
+    default=Layout.DIR.value,
+    help="Which published copy to check.",
+)
+@_opt("--deep", env="PRELOAD_VERIFY_DEEP", is_flag=True, help="Re-hash every file (files in parallel).")
+@_opt(
+    "--repair", env="PRELOAD_VERIFY_REPAIR", is_flag=True, help="Refetch only the bad files, then republish."
+)
+@_opt("--json", "as_json", env="PRELOAD_VERIFY_JSON", is_flag=True, help="Print the report as JSON.")
+@_opt(
+    "--source",
+    "sources",
+    env="PRELOAD_SOURCE",
+    multiple=True,
+    help="Where --repair refetches from, tried in order: 'hf' or a directory [default: hf].",
+)
+@_opt("--endpoint", env="HF_ENDPOINT", default="https://huggingface.co", help="Hub or mirror base URL.")
+@_opt("--token-file", env="PRELOAD_TOKEN_FILE", type=click.Path(path_type=Path), help="Hub token file.")
+@_opt(
+    "--max-workers", env="PRELOAD_MAX_WORKERS", type=click.IntRange(1, 128), default=16, help="Parallelism."
+)
+def verify_command(**kw: Any) -> None:
+    """Check a published model: exit 0 when sound, 4 when damaged, 8 when missing or incomplete."""
+    import json
+
+    from agent.preload import PreloadOptions
+    from agent.sources import factories
+    from agent.store import Store
+    from agent.verify import record, repair, verify
+
+    repo, revision = parse_model(kw["model"])
+    spec = ModelSpec(repo=repo, layout=Layout(kw["layout"]))
+    store = Store(kw["dest"])
+    # Hashing threads beyond the cores only queue; the disk is the other limit.
+    workers = min(kw["max_workers"], 2 * (os.cpu_count() or 2))
+    pinned = revision if "@" in kw["model"] else None
+    report = verify(store, spec, deep=kw["deep"], revision=pinned, workers=workers)
+    if kw["repair"] and report.marker and not report.sound:
+        hub = _hub_factory(kw["endpoint"], kw["token_file"], kw["max_workers"])
+        opts = PreloadOptions(max_workers=kw["max_workers"])
+        report = repair(store, spec, report, factories(kw["sources"], hub), opts)
+    record(store, spec, report)
+    if kw["as_json"]:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        click.echo(report.summary())
+        for label in ("missing", "corrupt", "extra"):
+            for name in getattr(report, label):
+                click.echo(f"  {label}: {name}")
+    if not report.sound:
+        raise report.error()
+
+
+@cli.command("status", context_settings=CONTEXT)
+@_opt("--dest", env="PRELOAD_DEST", required=True, type=click.Path(path_type=Path), help="Cache directory.")
+@_opt("--json", "as_json", env="PRELOAD_STATUS_JSON", is_flag=True, help="Print JSON instead of a table.")
+def status_command(dest: Path, as_json: bool) -> None:
+    """List every model under DEST (both layouts) with revision, size, state and last verification."""
+    import json
+
+    from agent.status import render_table, scan
+
+    rows = scan(dest)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=1))
+    else:
+        click.echo(render_table(rows), nl=False)
+
+
+def _hub_factory(endpoint: str, token_file: Path | None, max_workers: int) -> Callable[[], Any]:
+    """A hub source factory for subcommands that may need to refetch."""
+    from agent.sources.hub import HubSource, default_token
+
+    def hub() -> HubSource:
+        token = default_token(str(token_file) if token_file else None)
+        return HubSource(endpoint, token, max_connections=max_workers)
+
+    return hub
+
+
+@cli.command(context_settings=CONTEXT)
+@_opt(
+    "--dest",
+    env="PRELOAD_DEST",
+    type=click.Path(path_type=Path),
+    default="demo-cache",
+    help="Where to put the demo model.",
+)
+@_opt(
+    "--layout",
+    env="PRELOAD_LAYOUT",
+    type=click.Choice([layout.value for layout in Layout]),
+    default=Layout.DIR.value,
+    help="Cache layout to demonstrate.",
+)
+def demo(dest: Path, layout: str) -> None:
+    """Run preload -> verify -> ready against a built-in loopback hub (no internet needed)."""
+    from agent.demo import run_demo
+
+    run_demo(dest, Layout(layout), sys.stdout)
+
+
+# -- agent, wait, gc (the DaemonSet side; see docs/agent.md) ---------------------------------
+
+
+@cli.command("agent", context_settings=CONTEXT)
+@_opt(
+    "--config",
+    "config_path",
+    env="PRELOAD_CONFIG",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Agent config YAML (e.g. a mounted ConfigMap); reloaded when it changes.",
+)
+@_opt(
+    "--dest",
+    env="PRELOAD_DEST",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Node cache directory (e.g. the hostPath /data/models).",
+)
+@_opt("--listen", env="PRELOAD_LISTEN", default="0.0.0.0:8080", help="HTTP API address, HOST:PORT.")
+@_opt(
+    "--max-concurrent",
+    env="PRELOAD_MAX_CONCURRENT",
+    type=click.IntRange(1, 64),
+    default=None,
+    show_default="config maxConcurrent, else 2",
+    help="Models preloaded at once.",
+)
+@click.pass_context
+def agent_command(
+    ctx: click.Context, config_path: Path, dest: Path, listen: str, max_concurrent: int | None
+) -> None:
+    """Keep this node's cache matching the config; serve /livez, /readyz, /v1/models, /metrics."""
+    from agent.daemon import Daemon, serve
+    from agent.preload import PreloadOptions
+    from agent.server import parse_listen
+
+    root = ctx.find_root().params
+    address = parse_listen(listen)
+    opts = PreloadOptions(
+        max_workers=root["max_workers"],
+        chunk_size=root["chunk_size"],
+        progress_interval=root["progress_interval"] or 5.0,
+    )
+    hub = _hub_factory(root["endpoint"], root["token_file"], root["max_workers"])
+    daemon = Daemon(config_path, dest, hub, opts, max_concurrent)
+    sys.exit(serve(daemon, address))
+
+
+@cli.command("wait", context_settings=CONTEXT)
+@_opt("--model", env="PRELOAD_MODEL", required=True, help="Model to wait for: ORG/NAME[@REVISION].")
+@_opt(
+    "--dest",
+    env="PRELOAD_DEST",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    show_default="none; give --dest or --agent",
+    help="Node cache mounted in this pod: watch it directly, no network needed.",
+)
+@_opt(
+    "--agent",
+    "agent_url",
+    env="PRELOAD_AGENT",
+    default=None,
+    show_default="none; give --dest or --agent",
+    help="Base URL of this node's agent, e.g. http://model-cache-agent:8080.",
+)
+@_opt(
+    "--timeout",
+    env="PRELOAD_TIMEOUT",
+    type=Duration(),
+    default="0",
+    help="Give up after this long (0 = never).",
+)
+@_opt(
+    "--revision",
+    env="PRELOAD_REVISION",
+    default=None,
+    show_default="any published revision",
+    help="Require this branch, tag or commit.",
+)
+@_opt(
+    "--layout",
+    env="PRELOAD_LAYOUT",
+    type=click.Choice([layout.value for layout in Layout]),
+    default=Layout.DIR.value,
+    help="Layout the model is expected in.",
+)
+def wait_command(
+    model: str, dest: Path | None, agent_url: str | None, timeout: float, revision: str | None, layout: str
+) -> None:
+    """Exit 0 once the model is ready on this node (an init container's job)."""
+    from agent import wait
+
+    if (dest is None) == (agent_url is None):
+        raise click.UsageError("give exactly one of --dest or --agent")
+    repo, rev = parse_model(model, revision)
+    any_revision = revision is None and "@" not in model
+    spec = ModelSpec(repo=repo, revision=rev, layout=Layout(layout))
+    if dest is not None:
+        wait.wait_dest(spec, dest, timeout, any_revision)
+    else:
+        assert agent_url is not None
+        if not agent_url.startswith(("http://", "https://")):
+            raise UsageError(f"--agent {agent_url!r}: expected an http:// or https:// URL")
+        wait.wait_agent(agent_url, spec, timeout, any_revision)
+
+
+@cli.command("gc", context_settings=CONTEXT)
+@_opt(
+    "--dest",
+    env="PRELOAD_DEST",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="Node cache directory to clean.",
+)
+@_opt(
+    "--keep-free",
+    env="PRELOAD_KEEP_FREE",
+    type=click.FloatRange(0, 100),
+    default=None,
+    show_default="none; give this or --keep-free-bytes",
+    help="Evict until this percent of the filesystem is free.",
+)
+@_opt(
+    "--keep-free-bytes",
+    env="PRELOAD_KEEP_FREE_BYTES",
+    type=ByteSize(),
+    default=None,
+    show_default="none; give this or --keep-free",
+    help="Evict until this many bytes are free (e.g. 200GiB).",
+)
+@_opt(
+    "--keep",
+    env="PRELOAD_KEEP",
+    multiple=True,
+    help="Never evict this model ORG/NAME (repeatable); its superseded revisions may go.",
+)
+@_opt("--dry-run", env="PRELOAD_DRY_RUN", is_flag=True, help="Only report what would be removed.")
+def gc_command(
+    dest: Path, keep_free: float | None, keep_free_bytes: int | None, keep: tuple[str, ...], dry_run: bool
+) -> None:
+    """Free disk space: unused models least recently used first, then superseded revisions."""
+    from agent import gc
+    from agent.errors import DiskSpaceError
+    from agent.spec import validate_repo_id
+
+    if (keep_free is None) == (keep_free_bytes is None):
+        raise click.UsageError("give exactly one of --keep-free or --keep-free-bytes")
+    kept = [validate_repo_id(k) for k in keep]
+    target = keep_free_bytes if keep_free_bytes is not None else gc.target_for_percent(dest, keep_free or 0.0)
+    report = gc.collect(dest, target, keep=kept, dry_run=dry_run)
+    for line in gc.describe(report, dry_run):
+        click.echo(line)
+    if report.short and not dry_run:
+        raise DiskSpaceError(f"{dest}: still short of the free-space target after removing all it may")
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -19,6 +19,14 @@ from agent.errors import DeadlineExceeded, TransientError
 
 T = TypeVar("T")
 MAX_RETRY_AFTER = 120.0
+# Called with `what` before each retry; the agent counts retries here for its metrics.
+_listeners: list[Callable[[str], None]] = []
+
+
+def add_listener(fn: Callable[[str], None]) -> None:
+    """Call `fn(what)` before every retry, once per registration of the same function."""
+    if fn not in _listeners:
+        _listeners.append(fn)
 
 
 @dataclass(frozen=True)
@@ -68,11 +76,13 @@ def call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
         logger.warning(
             "retry", what=what, attempt=state.attempt_number, wait_s=round(wait, 2), cause=str(exc)
         )
+        for listener in _listeners:
+            listener(what)
 
     retryer = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
         stop=tenacity.stop_after_attempt(policy.attempts)
-        | tenacity.stop_after_delay(policy.total_seconds * max(policy.scale(), 0.01)),
+        | tenacity.stop_after_delay(policy.total_seconds),
         wait=_wait(policy),
         before_sleep=before_sleep,
         reraise=True,

@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make demo   install and run preload -> verify -> ready against a built-in loopback hub
+#   make test   install the test tools, then lint, type-check and run every test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit integration bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/preload --log-format console demo --dest demo-cache
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy --strict agent
+
+unit: $(VENV)/.installed-test
+	$(BIN)/pytest -q tests/unit
+
+integration: $(VENV)/.installed-test
+	$(BIN)/pytest -q tests/integration
+
+test: lint typecheck
+	$(BIN)/pytest -q tests
+
+clean:
+	rm -rf $(VENV) demo-cache .mypy_cache .ruff_cache .pytest_cache
