@@ -1,0 +1,696 @@
+"""The Helm chart and the example manifests: lint, render, validate, scan, and run as rendered.
+
+helm comes from scripts/install-helm.sh (PATH or the npm layer package), checkov from
+scripts/install-checkov.sh (its own venv), kubernetes-validate from the dev dependencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "model-cache"
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+SCENARIOS = ["default", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
+NAMESPACE = "model-cache"
+RELEASE = "mc"
+# Oldest and newest Kubernetes versions the manifests are validated against.
+KUBE_VERSIONS = ["1.30.0", "latest"]
+# Kinds from CRDs (prometheus-operator) that kubernetes-validate ships no schema for.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
+# The only checkov checks the chart and examples may skip; each skip carries its reason
+# in a `checkov.io/skipN` annotation (see docs/kubernetes.md).
+ALLOWED_SKIPS = {"CKV_K8S_43", "CKV_K8S_35", "CKV_K8S_25", "CKV_K8S_8", "CKV_K8S_9"}
+
+pytestmark = pytest.mark.helm
+
+
+# --- tools -----------------------------------------------------------------------------
+
+
+def _tool_dir(script: str) -> str:
+    """Run a scripts/install-*.sh and return the path it prints, or skip with its error."""
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        pytest.skip(f"scripts/{script} could not provide the tool: {proc.stderr.strip()[-500:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Path of a working helm binary."""
+    return str(Path(_tool_dir("install-helm.sh")) / "helm")
+
+
+@pytest.fixture(scope="session")
+def checkov() -> str:
+    """Path of a working checkov executable."""
+    return _tool_dir("install-checkov.sh")
+
+
+@pytest.fixture(scope="session")
+def kube_validate() -> Any:
+    """The kubernetes_validate module (a dev dependency)."""
+    return pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed (pip install it)"
+    )
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run helm with a throwaway HOME-independent config; never raises."""
+    return subprocess.run([helm, *args], capture_output=True, text=True, check=False, timeout=120)
+
+
+def template(helm: str, *args: str) -> list[dict[str, Any]]:
+    """`helm template` the chart with extra args; fail the test if it does not render."""
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def values_args(scenario: str) -> list[str]:
+    """The `-f` arguments for a scenario name (`default` = chart defaults only)."""
+    return [] if scenario == "default" else ["-f", str(CHART / "ci" / f"{scenario}-values.yaml")]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
+    """The one document of this kind (whose name ends with name_suffix)."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind}*{name_suffix}, got {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def rendered(helm: str) -> dict[str, list[dict[str, Any]]]:
+    """Every scenario rendered once: scenario name -> its documents."""
+    return {s: template(helm, *values_args(s)) for s in SCENARIOS}
+
+
+def example_docs(path: Path) -> list[dict[str, Any]]:
+    """The documents of one example manifest."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# --- lint, render, validate, scan -------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_lint(helm: str, scenario: str) -> None:
+    """`helm lint --strict` passes for the defaults and every ci/*-values.yaml."""
+    proc = run_helm(helm, "lint", "--strict", str(CHART), *values_args(scenario))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_manifests_validate(
+    rendered: dict[str, list[dict[str, Any]]], kube_validate: Any, scenario: str
+) -> None:
+    """Every rendered manifest passes strict Kubernetes schema validation (1.30 and latest)."""
+    docs = rendered[scenario]
+    assert {d["kind"] for d in docs} >= {"DaemonSet", "ConfigMap"}
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            assert doc["spec"]["selector"]["matchLabels"], doc["kind"]
+            continue
+        for version in KUBE_VERSIONS:
+            wanted = kube_validate.latest_version() if version == "latest" else version
+            kube_validate.validate(doc, wanted, strict=True)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_validates(kube_validate: Any, example: Path) -> None:
+    """Every example is a complete manifest that passes strict schema validation."""
+    docs = example_docs(example)
+    assert docs, example
+    for doc in docs:
+        for version in KUBE_VERSIONS:
+            wanted = kube_validate.latest_version() if version == "latest" else version
+            kube_validate.validate(doc, wanted, strict=True)
+
+
+def test_checkov_finds_nothing(
+    rendered: dict[str, list[dict[str, Any]]], checkov: str, tmp_path: Path
+) -> None:
+    """checkov reports no failed check on any rendered scenario or example; skips are documented."""
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    for scenario, docs in rendered.items():
+        (scan / f"chart-{scenario}.yaml").write_text(yaml.safe_dump_all(docs))
+    for example in EXAMPLES:
+        shutil.copy(example, scan / f"example-{example.name}")
+    proc = subprocess.run(
+        [checkov, "-d", str(scan), "--framework", "kubernetes", "--skip-download", "--compact", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    report = json.loads(proc.stdout)
+    results = report["results"]
+    failed = [(c["check_id"], c["resource"], c["file_path"]) for c in results["failed_checks"]]
+    assert not failed, failed
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] > 500
+    for check in results["skipped_checks"]:
+        assert check["check_id"] in ALLOWED_SKIPS, check["check_id"]
+        assert len(check["check_result"].get("suppress_comment", "")) > 20, check
+
+
+# --- the schema -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--set", "models[0].id=a/b", "--set", "models[0].layout=foo"], "layout"),
+        (["--set", "config.defaults.layout=flat"], "layout"),
+        (["--set", "foo=1"], "foo"),
+        (["--set", "models[0].id=a/b", "--set", "models[0].colour=red"], "colour"),
+        (["--set", "models[0].revision=main"], "id"),
+        (["--set", "models[0].id=not-a-repo-id"], "id"),
+        (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
+        (["--set", "cache.hostPathType=File"], "hostPathType"),
+        (["--set", "config.gc.highWatermarkPercent=150"], "highWatermarkPercent"),
+        (["--set", "config.defaults.sources[0]=s3://bucket"], "sources"),
+        (["--set", "hf.tokenSecret.value=hf_abc"], "value"),
+        (["--set", "service.internalTrafficPolicy=Global"], "internalTrafficPolicy"),
+        (["--set", "agent.logFormat=xml"], "logFormat"),
+    ],
+)
+def test_schema_rejects_bad_values(helm: str, args: list[str], complaint: str) -> None:
+    """values.schema.json makes `helm template` fail on bad or unknown values."""
+    proc = run_helm(helm, "template", RELEASE, str(CHART), *args)
+    assert proc.returncode != 0, proc.stdout[:500]
+    assert complaint in proc.stderr, proc.stderr
+
+
+def test_nfs_source_needs_a_server(helm: str) -> None:
+    """sharedSource without a claim or NFS server fails with a clear message."""
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", "sharedSource.enabled=true")
+    assert proc.returncode != 0
+    assert "sharedSource.nfs.server" in proc.stderr
+
+
+# --- what the DaemonSet looks like -----------------------------------------------------
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The DaemonSet's pod spec."""
+    spec: dict[str, Any] = find(docs, "DaemonSet")["spec"]["template"]["spec"]
+    return spec
+
+
+def agent_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The DaemonSet's agent container."""
+    (container,) = [c for c in pod_spec(docs)["containers"] if c["name"] == "agent"]
+    return container
+
+
+def test_agent_container_is_locked_down(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The agent runs as 10001, read-only root, no escalation, no capabilities, RuntimeDefault."""
+    for scenario, docs in rendered.items():
+        ctx = agent_container(docs)["securityContext"]
+        assert ctx["runAsNonRoot"] is True, scenario
+        assert (ctx["runAsUser"], ctx["runAsGroup"]) == (10001, 10001)
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx.get("privileged", False) is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+        assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+        pod = pod_spec(docs)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert "fsGroup" not in pod["securityContext"]  # meaningless for hostPath
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+
+
+def test_agent_has_no_service_account_token(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Neither the pod nor its dedicated ServiceAccount mounts an API token; no RBAC exists."""
+    docs = rendered["default"]
+    assert pod_spec(docs)["automountServiceAccountToken"] is False
+    account = find(docs, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    assert pod_spec(docs)["serviceAccountName"] == account["metadata"]["name"]
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+
+
+def test_agent_command_probes_and_ports(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The agent runs `preload agent` on 8080 with /livez, /readyz and a generous startup probe."""
+    container = agent_container(rendered["default"])
+    assert container["command"] == ["preload"]
+    assert container["args"] == [
+        "agent",
+        "--config",
+        "/etc/model-cache/config.yaml",
+        "--dest",
+        "/data/models",
+        "--listen",
+        "0.0.0.0:8080",
+    ]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    assert container["resources"]["limits"]["memory"]
+    assert container["resources"]["requests"]["cpu"]
+
+
+def test_cache_is_a_hostpath_owned_by_a_minimal_init_container(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The cache is hostPath /data/models; only a CHOWN-only root init container touches it."""
+    pod = pod_spec(rendered["default"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cache"]["hostPath"] == {"path": "/data/models", "type": "DirectoryOrCreate"}
+    assert "emptyDir" in volumes["tmp"]
+    mounts = {m["mountPath"]: m for m in agent_container(rendered["default"])["volumeMounts"]}
+    assert mounts["/data/models"]["name"] == "cache"
+    assert mounts["/tmp"]["name"] == "tmp"
+    assert mounts["/etc/model-cache"]["readOnly"] is True
+    (init,) = pod["initContainers"]
+    ctx = init["securityContext"]
+    assert ctx["runAsUser"] == 0
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert "10001:10001" in init["command"][-1]
+    recursive = pod_spec(rendered["hf-cache"])["initContainers"][0]
+    assert "chown -R" in recursive["command"][-1]
+    assert "initContainers" not in pod_spec(rendered["private-mirror"])
+
+
+def test_gpu_placement_and_rollout(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Pods go to GPU nodes, tolerate the GPU taint and roll one node at a time."""
+    docs = rendered["default"]
+    pod = pod_spec(docs)
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    strategy = find(docs, "DaemonSet")["spec"]["updateStrategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    assert pod_spec(rendered["hybrid-nfs"])["priorityClassName"] == "system-node-critical"
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A container's env as name -> EnvVar."""
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_hf_token_only_from_a_secret(helm: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """HF_TOKEN appears only with hf.tokenSecret, and only as a secretKeyRef."""
+    assert "HF_TOKEN" not in env_of(agent_container(rendered["default"]))
+    docs = template(helm, "--set", "hf.tokenSecret.name=hf-token", "--set", "hf.tokenSecret.key=tok")
+    token = env_of(agent_container(docs))["HF_TOKEN"]
+    assert token == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "tok"}}}
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    for scenario, scenario_docs in rendered.items():
+        for var in agent_container(scenario_docs).get("env", []):
+            if var["name"] == "HF_TOKEN":
+                assert set(var) == {"name", "valueFrom"}, scenario
+
+
+def test_private_mirror_settings(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The mirror scenario sets HF_ENDPOINT, a CA bundle, a digest-pinned image and no Service."""
+    docs = rendered["private-mirror"]
+    container = agent_container(docs)
+    env = env_of(container)
+    assert env["HF_ENDPOINT"]["value"] == "https://hf-mirror.internal.example"
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/model-cache/ca/ca.crt"
+    assert env["HF_HUB_DISABLE_TELEMETRY"]["value"] == "1"
+    assert container["image"].startswith(
+        "registry.internal.example/mirror/model-cache/preloader:0.1.0@sha256:"
+    )
+    assert not [d for d in docs if d["kind"] == "Service"]
+    assert find(docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def test_hybrid_shared_source(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The hybrid scenario mounts the NFS share read-only where `sources:` points."""
+    docs = rendered["hybrid-nfs"]
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["shared-models"]["nfs"]["readOnly"] is True
+    mounts = {m["name"]: m for m in agent_container(docs)["volumeMounts"]}
+    assert mounts["shared-models"] == {
+        "name": "shared-models",
+        "mountPath": "/shared-models",
+        "readOnly": True,
+    }
+    config = yaml.safe_load(find(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["defaults"]["sources"] == ["/shared-models", "hf"]
+
+
+def test_hybrid_shared_source_from_a_claim(helm: str) -> None:
+    """An existing PVC wins over NFS and is mounted read-only."""
+    docs = template(
+        helm, "--set", "sharedSource.enabled=true", "--set", "sharedSource.existingClaim=models-rox"
+    )
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["shared-models"]["persistentVolumeClaim"] == {
+        "claimName": "models-rox",
+        "readOnly": True,
+    }
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_configmap_is_a_valid_agent_config(rendered: dict[str, list[dict[str, Any]]], scenario: str) -> None:
+    """The rendered config.yaml has the documented shape and the agent's own parser accepts it."""
+    docs = rendered[scenario]
+    text = find(docs, "ConfigMap")["data"]["config.yaml"]
+    config = yaml.safe_load(text)
+    assert set(config) == {"models", "defaults", "maxConcurrent", "verifyInterval", "startupJitter", "gc"}
+    assert config["defaults"]["layout"] in {"dir", "hf-cache"}
+    checksum = find(docs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
+    assert len(checksum["checksum/config"]) == 64
+    agent_config = pytest.importorskip("agent.config", reason="agent.config is not written yet")
+    parsed = agent_config.parse(text, f"{scenario} ConfigMap")
+    assert len(parsed.models) == len(config["models"])
+
+
+def test_service_stays_on_the_node(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The Service keeps traffic on the caller's node and publishes warming agents."""
+    docs = rendered["default"]
+    spec = find(docs, "Service")["spec"]
+    assert spec["internalTrafficPolicy"] == "Local"
+    assert spec["publishNotReadyAddresses"] is True
+    assert spec["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    assert spec["selector"] == find(docs, "DaemonSet")["spec"]["selector"]["matchLabels"]
+    assert "helm.sh/chart" not in spec["selector"]
+
+
+def test_monitors_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """ServiceMonitor and PodMonitor render only when switched on."""
+    kinds = {d["kind"] for d in rendered["default"]}
+    assert not kinds & {"ServiceMonitor", "PodMonitor"}
+    monitor = find(rendered["hf-cache"], "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+
+
+def test_helm_test_pod_calls_readyz(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The `helm test` hook pod GETs /readyz through the Service and is not selected by it."""
+    docs = rendered["default"]
+    pod = find(docs, "Pod", "-test-readyz")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert (
+        f"http://{RELEASE}-model-cache.{NAMESPACE}.svc:8080/readyz"
+        in pod["spec"]["containers"][0]["command"][-1]
+    )
+    selector = find(docs, "Service")["spec"]["selector"]
+    labels = pod["metadata"]["labels"]
+    assert any(labels.get(k) != v for k, v in selector.items())
+
+
+def test_names_are_cut_at_63_characters(helm: str) -> None:
+    """The longest release name helm allows still yields valid names and label values."""
+    proc = run_helm(helm, "template", "r" * 53, str(CHART), "--namespace", NAMESPACE)
+    assert proc.returncode == 0, proc.stderr
+    for doc in (d for d in yaml.safe_load_all(proc.stdout) if d):
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+        assert all(len(v) <= 63 for v in doc["metadata"]["labels"].values())
+
+
+def test_notes_explain_psa_and_waiting(helm: str) -> None:
+    """NOTES.txt names the PSA label, rollout status, /v1/models and `preload wait`."""
+    proc = run_helm(
+        helm,
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+        "-f",
+        str(CHART / "ci" / "minimal-values.yaml"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "pod-security.kubernetes.io/enforce=privileged" in notes
+    assert f"rollout status daemonset/{RELEASE}-model-cache" in notes
+    assert "/v1/models" in notes
+    assert "wait, --model, ORG/NAME, --dest, /models" in notes
+    assert f"--agent, http://{RELEASE}-model-cache.{NAMESPACE}.svc:8080" in notes
+
+
+# --- the examples -----------------------------------------------------------------------
+
+
+def workload_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod spec of the one Deployment or Job in an example."""
+    (work,) = [d for d in docs if d["kind"] in {"Deployment", "Job"}]
+    spec: dict[str, Any] = work["spec"]["template"]["spec"]
+    return spec
+
+
+def test_vllm_example_waits_then_serves_offline() -> None:
+    """vllm-deployment.yaml waits on the read-only cache, then serves /models/ORG/NAME offline."""
+    pod = workload_pod(example_docs(REPO / "examples" / "vllm-deployment.yaml"))
+    (wait,) = pod["initContainers"]
+    assert wait["command"] + wait["args"][:5] == [
+        "preload",
+        "wait",
+        "--model",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "--dest",
+        "/models",
+    ]
+    (vllm,) = pod["containers"]
+    assert vllm["args"][:4] == [
+        "serve",
+        "/models/Qwen/Qwen2.5-0.5B-Instruct",
+        "--served-model-name",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+    ]
+    assert env_of(vllm)["HF_HUB_OFFLINE"]["value"] == "1"
+    mounts = {m["mountPath"]: m for m in vllm["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts["/models"]["name"]]["hostPath"]["path"] == "/data/models"
+
+
+def test_hf_cache_example_uses_the_hub_cache() -> None:
+    """vllm-deployment-hf-cache.yaml sets HF_HUB_CACHE and serves ORG/NAME via the agent wait."""
+    pod = workload_pod(example_docs(REPO / "examples" / "vllm-deployment-hf-cache.yaml"))
+    (vllm,) = pod["containers"]
+    env = env_of(vllm)
+    assert env["HF_HUB_CACHE"]["value"] == "/models"
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert vllm["args"][:2] == ["serve", "Qwen/Qwen2.5-0.5B-Instruct"]
+    assert "--agent" in pod["initContainers"][0]["args"]
+
+
+def test_one_shot_examples_preload() -> None:
+    """The init-container, Job and hybrid examples run `preload --model X --dest DIR`."""
+    expected = {
+        "init-container-only.yaml": ["--model", "Qwen/Qwen2.5-0.5B-Instruct"],
+        "download-job.yaml": ["--model", "Qwen/Qwen2.5-0.5B-Instruct", "--dest", "/models"],
+        "hybrid-pvc-to-nvme.yaml": [
+            "--model",
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "--dest",
+            "/data/models",
+            "--source",
+            "/shared-models",
+            "--source",
+            "hf",
+        ],
+    }
+    for name, args in expected.items():
+        pod = workload_pod(example_docs(REPO / "examples" / name))
+        containers = pod.get("initContainers", []) + pod["containers"]
+        (preload,) = [c for c in containers if c["name"] == "preload"]
+        assert preload["command"] == ["preload"], name
+        assert preload["args"][: len(args)] == args, name
+        assert preload["securityContext"]["runAsUser"] == 10001, name
+
+
+def test_examples_use_one_preloader_image() -> None:
+    """Every example uses the same preloader image as the chart's default."""
+    images = set()
+    for example in EXAMPLES:
+        for doc in example_docs(example):
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for c in spec.get("initContainers", []) + spec.get("containers", []):
+                if not c["image"].startswith("vllm/"):
+                    images.add(c["image"])
+    assert images == {"ghcr.io/model-cache/preloader:0.1.0"}
+
+
+# --- the chart, run locally as rendered -------------------------------------------------
+
+
+def _preload_has(subcommand: str) -> bool:
+    """Whether `preload SUBCOMMAND --help` works in this environment."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", subcommand, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    return proc.returncode == 0
+
+
+AGENT_MISSING = not (_preload_has("agent") and _preload_has("wait"))
+
+
+def _free_port() -> int:
+    """An unused loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _http_status(url: str) -> int | None:
+    """GET url; the status code, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
+
+
+def _substitute(items: list[str], mapping: dict[str, str]) -> list[str]:
+    """Replace whole arguments, and path prefixes, per mapping."""
+    out = []
+    for item in items:
+        for old, new in mapping.items():
+            if item == old or item.startswith(old + "/"):
+                item = new + item[len(old) :]
+                break
+        out.append(item)
+    return out
+
+
+def _local_argv(command: list[str]) -> list[str]:
+    """Run the container's `preload` as this checkout's `python -m agent`."""
+    assert command[0] == "preload", command
+    return [sys.executable, "-m", "agent", *command[1:]]
+
+
+@pytest.fixture
+def loopback_hub() -> Iterator[Any]:
+    """The loopback test hub serving demo-org/tiny-model."""
+    hubserver = pytest.importorskip("agent.hubserver", reason="agent.hubserver is not written yet")
+    demo = pytest.importorskip("agent.demo_model", reason="agent.demo_model is not written yet")
+    with hubserver.HubServer(repos=[demo.demo_repo()]) as hub:
+        yield hub
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(AGENT_MISSING, reason="`preload agent`/`preload wait` are not implemented yet")
+def test_chart_runs_as_rendered(helm: str, loopback_hub: Any, tmp_path: Path) -> None:
+    """The DaemonSet's agent, as rendered, fills a cache from a test hub; the vLLM init wait returns."""
+    model = "demo-org/tiny-model"
+    docs = template(
+        helm,
+        "--set",
+        f"models[0].id={model}",
+        "--set",
+        "config.startupJitter=0s",
+        "--set",
+        f"hf.endpoint={loopback_hub.url}",
+    )
+    container = agent_container(docs)
+    config_text = find(docs, "ConfigMap")["data"]["config.yaml"]
+
+    # The node: hostPath -> temp dir, ConfigMap mount -> temp dir, /tmp emptyDir -> temp dir.
+    cache = tmp_path / "node-cache"
+    cache.mkdir()
+    config_dir = tmp_path / "configmap"
+    config_dir.mkdir()
+    (config_dir / "config.yaml").write_text(config_text)
+    pod_tmp = tmp_path / "pod-tmp"
+    pod_tmp.mkdir()
+    port = _free_port()
+    paths = {"/data/models": str(cache), "/etc/model-cache": str(config_dir), "/tmp": str(pod_tmp)}
+    args = _substitute(container["args"], {**paths, "0.0.0.0:8080": f"127.0.0.1:{port}"})
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PRELOAD_"))}
+    for var in container["env"]:
+        if "value" in var:
+            env[var["name"]] = _substitute([var["value"]], paths)[0]
+        elif "fieldRef" in var.get("valueFrom", {}):
+            env[var["name"]] = "local-node"
+    assert env["HF_ENDPOINT"] == loopback_hub.url
+    env["PYTHONPATH"] = str(REPO)
+
+    agent = subprocess.Popen(
+        _local_argv([*container["command"], *args]),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        probe = container["readinessProbe"]["httpGet"]["path"]
+        deadline = time.monotonic() + 120
+        while _http_status(f"{base}{probe}") != 200:
+            assert agent.poll() is None, agent.communicate()[0]
+            assert time.monotonic() < deadline, "agent never became ready"
+            time.sleep(0.2)
+        assert _http_status(f"{base}{container['livenessProbe']['httpGet']['path']}") == 200
+        with urllib.request.urlopen(f"{base}/v1/models/{model}", timeout=5) as reply:
+            assert reply.status == 200
+
+        # The vLLM example's init container, as written, with the hostPath mapped.
+        pod = workload_pod(example_docs(REPO / "examples" / "vllm-deployment.yaml"))
+        (wait,) = pod["initContainers"]
+        wait_args = _substitute(wait["args"], {"/models": str(cache), "Qwen/Qwen2.5-0.5B-Instruct": model})
+        proc = subprocess.run(
+            _local_argv([*wait["command"], *wait_args]),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+        # The hf-cache example's init container asks the agent instead.
+        pod = workload_pod(example_docs(REPO / "examples" / "vllm-deployment-hf-cache.yaml"))
+        (wait,) = pod["initContainers"]
+        wait_args = _substitute(
+            wait["args"],
+            {"http://model-cache.model-cache.svc:8080": base, "Qwen/Qwen2.5-0.5B-Instruct": model},
+        )
+        proc = subprocess.run(
+            _local_argv([*wait["command"], *wait_args]),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert (cache / model).is_dir()
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
