@@ -30,7 +30,6 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_FILE_SIZE = 1 << 40  # 1 TiB: far beyond any real shard; larger is a hostile listing
 MAX_LISTING_ENTRIES = 200_000
 MAX_LISTING_PAGES = 1_000
-STREAM_BLOCK = 1 << 20
 _CDN_EXPIRED = {403, 404, 410}
 
 
@@ -287,7 +286,7 @@ def _range_skip(response: httpx.Response, start: int, end: int, size: int, what:
 def _body(response: httpx.Response, skip: int, want: int, what: str) -> Iterator[bytes]:
     got = 0
     try:
-        for block in response.iter_raw(STREAM_BLOCK):
+        for block in response.iter_raw():
             if skip:
                 drop = min(skip, len(block))
                 block, skip = block[drop:], skip - drop

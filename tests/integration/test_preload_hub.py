@@ -17,7 +17,7 @@ from agent.manifest import Manifest
 from tests.conftest import RunPreload, spawn_preload
 from tests.hubfixtures import HubFactory
 
-TOKEN = "hf_secret_test_token_4f8a2c"  # noqa: S105 - a fake token the test hub accepts
+TOKEN = "hf_secret_test_token_4f8a2c"
 
 
 def big_repo(tmp_path: Path, mib: int = 48, repo_id: str = "big-org/big-model") -> HubRepo:
@@ -74,7 +74,7 @@ def test_dir_layout_is_complete_verified_and_loadable(
 def test_hf_cache_layout_is_found_offline_by_the_hub_client(
     hub: HubServer, tmp_path: Path, run_preload: RunPreload, hf_client: Path
 ) -> None:
-    """The hf-cache layout satisfies snapshot_download(local_files_only=True) with no trailing newline in refs."""
+    """The hf-cache layout satisfies snapshot_download(local_files_only=True); refs have no newline."""
     from huggingface_hub import snapshot_download
 
     dest = tmp_path / "hub-cache"
@@ -115,7 +115,7 @@ def test_refresh_publishes_new_revision_beside_the_old(
     assert run_preload("--model", DEMO_REPO_ID, "--dest", str(dest), env=env).code == 0
     old = hub.repo(DEMO_REPO_ID).head()
     old_target = model_dir(dest).resolve()
-    reader = open(old_target / "config.json", "rb")  # a process still reading the old revision
+    reader = open(old_target / "config.json", "rb")  # noqa: SIM115 - a reader kept open across the swap
     files = [*demo_files(), HubFile("extra.txt", data=b"new revision\n")]
     new = hub.repo(DEMO_REPO_ID).add_commit(files)
     r = run_preload("--model", DEMO_REPO_ID, "--dest", str(dest), env=env)
@@ -258,7 +258,7 @@ def test_transient_hub_faults_are_recovered(
 def test_persistent_wrong_bytes_fail_naming_the_file(
     hub: HubServer, tmp_path: Path, run_preload: RunPreload
 ) -> None:
-    """A source that always sends bad bytes ends in an integrity error naming the file; nothing is published."""
+    """Always-wrong bytes end in an integrity error naming the file; nothing is published."""
     hub.add_fault(Fault(kind="cdn", corrupt=True, times=None))
     dest = tmp_path / "cache"
     r = run_preload("--model", DEMO_REPO_ID, "--dest", str(dest), env={"HF_ENDPOINT": hub.url})
@@ -301,7 +301,7 @@ HOSTILE = [
 def test_hostile_listing_is_rejected_and_nothing_escapes(
     hub: HubServer, tmp_path: Path, run_preload: RunPreload, listing: object
 ) -> None:
-    """Traversal, absolute, backslash, NUL, duplicate, absurd-size entries and bad JSON write nothing anywhere."""
+    """Traversal, absolute, backslash, NUL, duplicate, absurd-size entries and bad JSON write nothing."""
     sandbox = tmp_path / "sandbox"
     dest = sandbox / "cache"
     dest.mkdir(parents=True)
@@ -425,3 +425,17 @@ def test_disk_filling_up_mid_transfer_is_clean_and_resumable(
             assert (dest / "big-org" / "two-shards" / f.path).stat().st_size == 24 << 20
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_long_transfer_logs_progress_lines(hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload) -> None:
+    """A slow transfer logs progress (bytes, percent, MB/s, ETA) at the configured interval."""
+    hub = hub_factory([big_repo(tmp_path, mib=8)], cdn_rate_limit_bps=8 << 20)
+    r = run_preload(
+        "--model", "big-org/big-model", "--dest", str(tmp_path / "c"), "--progress-interval", "0.2s",
+        env={"HF_ENDPOINT": hub.url},
+    )
+    assert r.code == 0, r.stderr
+    lines = [e for e in r.events() if e["event"] == "progress"]
+    assert len(lines) >= 2
+    assert {"bytes_done", "bytes_total", "percent", "mb_per_s", "eta_s"} <= set(lines[-1])
+    assert lines[-1]["bytes_total"] == 8 * (1 << 20) + len(b'{"model_type": "bert"}')
