@@ -200,8 +200,7 @@ def cli(ctx: click.Context, /, **kw: Any) -> None:
 def run_preload(**kw: Any) -> None:
     """Validate the options and run one preload."""
     from agent.preload import PreloadOptions, preload
-    from agent.sources import factories
-    from agent.sources.hub import HubSource, default_token
+    from agent.sources import Source, factories
 
     repo, revision = parse_model(kw["model"], kw["revision"])
     spec = ModelSpec(
@@ -223,7 +222,10 @@ def run_preload(**kw: Any) -> None:
     )
     token_file = str(kw["token_file"]) if kw["token_file"] else None
 
-    def hub() -> HubSource:
+    def hub() -> Source:
+        # Deferred: httpx is not needed when the model is already complete (warm start).
+        from agent.sources.hub import HubSource, default_token
+
         return HubSource(
             kw["endpoint"],
             default_token(token_file),

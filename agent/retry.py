@@ -10,9 +10,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import tenacity
+if TYPE_CHECKING:
+    import tenacity
 
 from agent import log
 from agent.errors import DeadlineExceeded, TransientError
@@ -68,6 +69,8 @@ def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
 
 def call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
     """Run `fn`, retrying TransientError under `policy`; log each retry with its cause."""
+    import tenacity  # deferred: a warm start (model already complete) never retries anything
+
     logger = log.get()
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
