@@ -1,0 +1,233 @@
+"""The container image: built by scripts/build-image.sh, run the way Kubernetes runs it.
+
+Every run uses `--user 10001:10001 --read-only --tmpfs /tmp`, as the chart's security
+context does. The test hub listens on loopback and the container shares the host network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TAG = os.environ.get("MODEL_CACHE_TEST_IMAGE", "localhost/model-cache:dev")
+PODMAN = ["podman", "--runtime", "runc"]
+UID = 10001
+MODEL = "demo-org/tiny-model"
+
+pytestmark = [pytest.mark.container, pytest.mark.slow]
+
+
+def _podman_problem() -> str | None:
+    """Why podman cannot run containers here, or None when it can."""
+    if shutil.which("podman") is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            return "podman is not installed and cannot be installed (needs root and apt-get)"
+        return None  # scripts/build-image.sh installs it
+    proc = subprocess.run([*PODMAN, "info"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return f"`podman info` fails: {proc.stderr.strip()[-300:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """Build the image with scripts/build-image.sh once per session; skip if podman cannot run."""
+    problem = _podman_problem()
+    if problem:
+        pytest.skip(problem)
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-image.sh"), TAG],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        problem = _podman_problem()
+        if problem:
+            pytest.skip(problem)
+        pytest.fail(f"scripts/build-image.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    size = int(_podman("image", "inspect", "--format", "{{.Size}}", TAG).stdout)
+    sys.stderr.write(f"\nimage {TAG}: {size / 1e6:.0f} MB, build script took {elapsed:.0f}s\n")
+    return TAG
+
+
+def _podman(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a podman command with runc; never raises on a non-zero exit."""
+    return subprocess.run([*PODMAN, *args], capture_output=True, text=True, check=False, timeout=timeout)
+
+
+@pytest.fixture
+def node_cache(tmp_path: Path) -> Path:
+    """A host directory standing in for the hostPath, owned by the agent's UID (as the chown init does)."""
+    cache = tmp_path / "node-cache"
+    cache.mkdir()
+    if os.geteuid() == 0:
+        os.chown(cache, UID, UID)
+    else:
+        cache.chmod(0o777)
+    return cache
+
+
+def run_args(image: str, cache: Path, *extra: str) -> list[str]:
+    """`podman run` arguments matching the chart's pod security settings."""
+    return [
+        "run",
+        "--rm",
+        "--user",
+        f"{UID}:{UID}",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--network",
+        "host",
+        "--security-opt",
+        "no-new-privileges",
+        "--cap-drop",
+        "ALL",
+        "-v",
+        f"{cache}:/data/models",
+        *extra,
+        image,
+    ]
+
+
+@pytest.fixture
+def hub() -> Iterator[Any]:
+    """The loopback test hub serving demo-org/tiny-model."""
+    hubserver = pytest.importorskip("agent.hubserver", reason="agent.hubserver is not written yet")
+    demo = pytest.importorskip("agent.demo_model", reason="agent.demo_model is not written yet")
+    with hubserver.HubServer(repos=[demo.demo_repo()]) as server:
+        yield server
+
+
+def test_image_metadata(image: str) -> None:
+    """The image runs as numeric 10001:10001 with `preload` as its entrypoint."""
+    (info,) = json.loads(_podman("image", "inspect", image).stdout)
+    config = info["Config"]
+    assert config["User"] == f"{UID}:{UID}"
+    assert config["Entrypoint"] == ["preload"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["HOME"] == "/tmp"
+    assert env["TMPDIR"] == "/tmp"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+def test_help_runs_read_only(image: str, node_cache: Path) -> None:
+    """`preload --help` works as UID 10001 on a read-only root filesystem."""
+    proc = _podman(*run_args(image, node_cache), "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: preload" in proc.stdout
+
+
+def test_runtime_has_no_build_tools(image: str, node_cache: Path) -> None:
+    """The runtime holds the virtualenv only: no pip, no compiler; everything is byte-compiled."""
+    script = (
+        "for t in pip pip3 gcc cc make; do command -v $t && exit 1; done; "
+        "test -d /opt/venv && test ! -e /opt/venv/bin/pip && "
+        "python3 -c 'import agent, pathlib, sys; "
+        "root = pathlib.Path(agent.__file__).parent; "
+        'missing = [str(p) for p in root.rglob("*.py") '
+        'if not list((p.parent / "__pycache__").glob(p.stem + ".*.pyc"))]; '
+        'sys.exit("not byte-compiled: " + " ".join(missing) if missing else 0)\''
+    )
+    proc = _podman(*run_args(image, node_cache, "--entrypoint", "/bin/sh"), "-c", script)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_preload_demo_model(image: str, node_cache: Path, hub: Any) -> None:
+    """A real preload of demo-org/tiny-model from the loopback hub into the mounted cache."""
+    proc = _podman(
+        *run_args(image, node_cache, "-e", f"HF_ENDPOINT={hub.url}", "-e", "PRELOAD_LOG_FORMAT=json"),
+        "--model",
+        MODEL,
+        "--dest",
+        "/data/models",
+        "--timeout",
+        "2m",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    model_dir = node_cache / MODEL
+    files = [p for p in model_dir.rglob("*") if p.is_file()]
+    assert files, f"nothing under {model_dir}: {proc.stderr}"
+    if os.geteuid() == 0:
+        assert {p.stat().st_uid for p in files} == {UID}
+
+
+def _free_port() -> int:
+    """An unused loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _status(url: str) -> int | None:
+    """GET url; the status code, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
+
+
+def _has_agent(image: str, cache: Path) -> bool:
+    """Whether the image's `preload` has the `agent` subcommand."""
+    return _podman(*run_args(image, cache), "agent", "--help").returncode == 0
+
+
+def test_agent_becomes_ready_in_container(image: str, node_cache: Path, hub: Any, tmp_path: Path) -> None:
+    """`preload agent`, run as the DaemonSet runs it, reports /readyz 200 once the model is cached."""
+    if not _has_agent(image, node_cache):
+        pytest.skip("`preload agent` is not implemented in this image yet")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "config.yaml").write_text(
+        f"models:\n  - id: {MODEL}\ndefaults: {{sources: [hf], layout: dir}}\n"
+        "maxConcurrent: 1\nverifyInterval: 1h\nstartupJitter: 0s\n"
+        "gc: {highWatermarkPercent: 90, lowWatermarkPercent: 80}\n"
+    )
+    port = _free_port()
+    name = f"model-cache-test-{port}"
+    extra = ["-d", "--name", name, "-e", f"HF_ENDPOINT={hub.url}", "-v", f"{config}:/etc/model-cache:ro"]
+    started = _podman(
+        *[a for a in run_args(image, node_cache, *extra) if a != "--rm"],
+        "agent",
+        "--config",
+        "/etc/model-cache/config.yaml",
+        "--dest",
+        "/data/models",
+        "--listen",
+        f"127.0.0.1:{port}",
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        deadline = time.monotonic() + 120
+        while _status(f"http://127.0.0.1:{port}/readyz") != 200:
+            state = _podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
+            assert state == "true", _podman("logs", name).stderr
+            assert time.monotonic() < deadline, _podman("logs", name).stderr
+            time.sleep(0.5)
+        assert _status(f"http://127.0.0.1:{port}/livez") == 200
+        assert _status(f"http://127.0.0.1:{port}/v1/models/{MODEL}") == 200
+        assert (node_cache / MODEL).is_dir()
+    finally:
+        _podman("stop", "--time", "20", name, timeout=60)
+        _podman("rm", "--force", name)
