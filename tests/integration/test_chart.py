@@ -694,3 +694,32 @@ def test_chart_runs_as_rendered(helm: str, loopback_hub: Any, tmp_path: Path) ->
         except subprocess.TimeoutExpired:
             agent.kill()
             agent.wait()
+
+
+def _preload_commands(rendered: dict[str, list[dict[str, Any]]]) -> list[tuple[str, list[str]]]:
+    """Every `preload` command line in the rendered chart and the examples: (where, argv)."""
+    pods = [(f"chart {s}", pod_spec(docs)) for s, docs in rendered.items()]
+    pods += [(p.name, workload_pod(example_docs(p))) for p in EXAMPLES]
+    found = []
+    for where, pod in pods:
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            command = container.get("command", [])
+            if command[:1] == ["preload"]:
+                found.append((f"{where}/{container['name']}", command[1:] + container.get("args", [])))
+    return found
+
+
+@pytest.mark.skipif(AGENT_MISSING, reason="`preload agent`/`preload wait` are not implemented yet")
+def test_every_preload_command_parses(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The real CLI accepts every option the chart and the examples pass to `preload`."""
+    commands = _preload_commands(rendered)
+    assert len(commands) >= len(SCENARIOS) + len(EXAMPLES)
+    for where, argv in commands:
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", *argv, "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=REPO,
+        )
+        assert proc.returncode == 0, f"{where}: preload {' '.join(argv)}\n{proc.stderr}"
