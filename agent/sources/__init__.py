@@ -20,6 +20,7 @@ class Snapshot:
     source: str
     endpoint: str | None = None
     hash_origin: str = "source"
+    chunk_size: int | None = None  # the source's preferred range size; None: the caller's
 
 
 class Source(Protocol):
@@ -46,15 +47,21 @@ SourceFactory = Callable[[], Source]
 HUB = "hf"
 
 
-def factories(names: Sequence[str], hub: SourceFactory) -> list[SourceFactory]:
-    """Source factories in the order given: "hf" is the hub, anything else a directory."""
+def factories(names: Sequence[str], hub: SourceFactory, drop_cache: bool = False) -> list[SourceFactory]:
+    """Source factories in the order given: "hf" is the hub, anything else a directory.
+
+    A directory may ask the hub for expected hashes, but only when "hf" is one of the sources:
+    a user who left it out may well be offline.
+    """
     out: list[SourceFactory] = []
-    for name in names or (HUB,):
+    names = names or (HUB,)
+    for name in names:
         if name == HUB:
             out.append(hub)
             continue
         from agent.sources.directory import DirectorySource, parse_location
 
         root = parse_location(name)
-        out.append(lambda root=root: DirectorySource(root))  # type: ignore[misc]
+        lister = hub if HUB in names else None
+        out.append(lambda root=root, lister=lister: DirectorySource(root, lister, drop_cache))  # type: ignore[misc]
     return out

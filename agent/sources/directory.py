@@ -1,0 +1,394 @@
+"""A model on a shared volume (NFS/RWX, a PVC filled by a Job): the "hybrid" source.
+
+Three kinds of directory are recognised, tried in this order for ORG/NAME:
+
+1. a destination written by `preload` (its marker under ROOT/.preload/markers/): the
+   manifest gives every hash (hash origin "manifest");
+2. a hub cache, ROOT/models--ORG--NAME/{refs,snapshots,blobs}: blob names are the hashes
+   (sha256 for LFS files, git blob sha1 otherwise; hash origin "hub-cache");
+3. a plain directory ROOT/ORG/NAME/: hashes from the hub's tree listing when a hub is given
+   and answers ("hub-listing"), else computed from the source ("source-computed").
+
+The source is only ever read: files are opened read-only (without touching atime where the
+kernel allows it), symlinks are followed only while they stay inside ROOT, and anything that
+is not a regular file is refused before a byte is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from agent import log
+from agent.errors import IntegrityError, NotFoundError, PreloadError, UsageError
+from agent.integrity import GIT_SHA1, READ_BLOCK, SHA256, Digest, hash_file, safe_relpath
+from agent.manifest import RemoteFile
+from agent.sources import Snapshot, SourceFactory
+from agent.spec import COMMIT_RE, Layout, ModelSpec
+from agent.store import STATE, Store
+
+# A directory read is one sequential stream per file: ranges would only make the engine
+# re-read every byte from the page cache to hash it in order.
+WHOLE_FILE_CHUNK = 1 << 62
+COMPUTED_PREFIX = "local-"
+HASH_WORKERS = 4
+# Metadata that tools leave next to a model's files, never part of it.
+_SKIP_DIRS = frozenset({".git", STATE})
+_SKIP_PATHS = frozenset({".cache/huggingface"})
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+ORIGIN_MANIFEST = "manifest"
+ORIGIN_HUB_CACHE = "hub-cache"
+ORIGIN_HUB_LISTING = "hub-listing"
+ORIGIN_COMPUTED = "source-computed"
+
+
+def parse_location(name: str) -> Path:
+    """A directory source given as a path or a file:// URL (other schemes are a usage error)."""
+    if not name:
+        raise UsageError("empty --source")
+    if "://" in name:
+        parts = urlsplit(name)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost") or parts.query:
+            raise UsageError(
+                f"unsupported --source {name!r}: use 'hf', a directory path or a file:///path URL"
+            )
+        name = unquote(parts.path)
+        if not name:
+            raise UsageError(f"--source {name!r} names no directory")
+    return Path(name).expanduser()
+
+
+class DirectorySource:
+    """Reads a model from a local or network-mounted directory; never writes to it."""
+
+    def __init__(self, root: Path, hub: SourceFactory | None = None, drop_cache: bool = False) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.name = f"file://{self.root}"
+        self._hub = hub
+        self._drop_cache = drop_cache
+        self._paths: dict[str, str] = {}
+        self._log = log.get().bind(source=self.name)
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
+
+    # -- listing -------------------------------------------------------------------
+
+    def snapshot(self, spec: ModelSpec) -> Snapshot:
+        """Find the model in one of the three kinds of directory and list it with expected hashes."""
+        if not self.root.is_dir():
+            raise NotFoundError(f"source directory {self.root} does not exist (not mounted?)")
+        real_root = os.path.realpath(self.root)
+        for find in (self._from_marker, self._from_hub_cache, self._from_plain):
+            found = find(spec, real_root)
+            if found is not None:
+                snap, paths = found
+                self._paths = paths
+                self._log.info(
+                    "directory_source",
+                    repo=spec.repo,
+                    commit=snap.commit,
+                    hash_origin=snap.hash_origin,
+                    files=len(snap.files),
+                )
+                return replace(snap, chunk_size=WHOLE_FILE_CHUNK)
+        raise NotFoundError(
+            f"{spec.repo} is not in {self.root} (no preload marker, hub cache or ORG/NAME directory)"
+        )
+
+    def _from_marker(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
+        store = Store(Path(real_root))
+        # The requested layout first: its files are then laid out exactly as we will write them.
+        for layout in (spec.layout, *(la for la in Layout if la is not spec.layout)):
+            lspec = replace(spec, layout=layout)
+            m = store.read_marker(lspec)
+            if m is None or not _revision_matches(spec, m.revision, m.commit):
+                continue
+            paths = {}
+            for p in store.placements(lspec, m.commit, m.files):
+                paths[p.file.path] = _check_file(real_root, str(p.final), p.file.path, p.file.size)
+            origin = ORIGIN_COMPUTED if m.hash_origin == ORIGIN_COMPUTED else ORIGIN_MANIFEST
+            return Snapshot(m.commit, m.files, self.name, None, origin), paths
+        return None
+
+    def _from_hub_cache(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
+        repo_dir = os.path.join(real_root, f"models--{spec.org}--{spec.name}")
+        if not os.path.isdir(repo_dir):
+            return None
+        commit = spec.revision if spec.pinned else _read_ref(repo_dir, spec.revision)
+        if commit is None:
+            raise NotFoundError(f"{spec.repo}@{spec.revision} is not in the hub cache at {self.root}")
+        snap_dir = os.path.join(repo_dir, "snapshots", commit)
+        if not os.path.isdir(snap_dir):
+            raise NotFoundError(
+                f"{spec.repo}: snapshot {commit[:12]} is missing from the hub cache at {self.root}"
+            )
+        tree = _read_tree(os.path.join(repo_dir, "trees", f"{commit}.json"))
+        files: list[RemoteFile] = []
+        paths: dict[str, str] = {}
+        unknown: dict[str, str] = {}
+        for rel, real in _walk(real_root, snap_dir):
+            size = os.stat(real).st_size
+            digest = _digest_from_tree(tree.get(rel)) or _digest_from_blob_name(os.path.basename(real))
+            if digest is None:
+                unknown[rel] = real  # a copied-in regular file: no name to trust
+                continue
+            blob_id = tree.get(rel, {}).get("blob_id") if digest.algo == SHA256 else None
+            files.append(RemoteFile(rel, size, digest, blob_id if isinstance(blob_id, str) else None))
+            paths[rel] = real
+        if unknown:
+            raise IntegrityError(
+                f"hub cache {self.root}: {len(unknown)} file(s) of {spec.repo} are not blobs "
+                f"(e.g. {next(iter(unknown))!r}), so their hashes are unknown"
+            )
+        if not files:
+            raise NotFoundError(f"{spec.repo}: snapshot {commit[:12]} in {self.root} is empty")
+        files.sort(key=lambda f: f.path)
+        return Snapshot(commit, tuple(files), self.name, None, ORIGIN_HUB_CACHE), paths
+
+    def _from_plain(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
+        model_dir = os.path.join(real_root, spec.org, spec.name)
+        if not os.path.isdir(model_dir):
+            return None
+        paths = dict(_walk(real_root, model_dir))
+        listed = self._hub_listing(spec)
+        if listed is not None:
+            return self._checked_against(spec, listed, paths), paths
+        if spec.pinned:
+            raise NotFoundError(
+                f"{self.root}/{spec.repo} is a plain directory and the hub is not reachable to tell "
+                f"whether it holds commit {spec.revision[:12]}"
+            )
+        wanted = spec.files.select(paths)
+        if not wanted:
+            raise NotFoundError(f"{self.root}/{spec.repo} holds no files matching the filters")
+        self._log.warning(
+            "hashes_source_computed",
+            repo=spec.repo,
+            reason="no manifest, no hub cache and no hub listing: the copy is checked only against "
+            "the source as it reads now",
+        )
+        files = _hash_all(paths, wanted)
+        return Snapshot(_content_id(files), files, self.name, None, ORIGIN_COMPUTED), paths
+
+    def _hub_listing(self, spec: ModelSpec) -> Snapshot | None:
+        if self._hub is None:
+            return None
+        hub = self._hub()
+        try:
+            return hub.snapshot(spec)
+        except PreloadError as exc:
+            self._log.warning("hub_listing_unavailable", repo=spec.repo, error=str(exc))
+            return None
+        finally:
+            hub.close()
+
+    def _checked_against(self, spec: ModelSpec, listed: Snapshot, paths: dict[str, str]) -> Snapshot:
+        wanted = spec.files.select(f.path for f in listed.files)
+        by_path = {f.path: f for f in listed.files}
+        missing = [p for p in wanted if p not in paths]
+        if missing:
+            raise NotFoundError(
+                f"{self.root}/{spec.repo} lacks {len(missing)} file(s) of commit {listed.commit[:12]}, "
+                f"e.g. {missing[0]!r}"
+            )
+        for p in wanted:
+            size = os.stat(paths[p]).st_size
+            if size != by_path[p].size:
+                raise IntegrityError(
+                    f"{self.root}/{spec.repo}/{p} has {size} bytes, the hub lists {by_path[p].size}"
+                )
+        return Snapshot(listed.commit, listed.files, self.name, listed.endpoint, ORIGIN_HUB_LISTING)
+
+    # -- reading -------------------------------------------------------------------
+
+    @contextmanager
+    def open_range(
+        self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
+    ) -> Iterator[Iterator[bytes]]:
+        """Stream [start, end) of a source file with large sequential reads."""
+        path = self._paths.get(file.path)
+        if path is None:
+            raise NotFoundError(f"{file.path} is not in {self.root}/{spec.repo}")
+        fd = _open_regular(path, file.path)
+        try:
+            if os.fstat(fd).st_size != file.size:
+                raise IntegrityError(f"{path} changed size while being copied")
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
+            yield self._blocks(fd, path, start, end)
+        finally:
+            os.close(fd)
+
+    def _blocks(self, fd: int, path: str, start: int, end: int) -> Iterator[bytes]:
+        pos = start
+        while pos < end:
+            try:
+                block = os.pread(fd, min(READ_BLOCK, end - pos), pos)
+            except OSError as exc:
+                raise PreloadError(f"cannot read {path}: {exc.strerror}") from exc
+            if not block:
+                raise IntegrityError(f"{path} ended at byte {pos}, expected {end}: changed while copied?")
+            if self._drop_cache:
+                # Pages read from a shared volume count against the pod's memory limit too.
+                os.posix_fadvise(fd, pos, len(block), os.POSIX_FADV_DONTNEED)
+            pos += len(block)
+            yield block
+
+
+def _revision_matches(spec: ModelSpec, revision: str, commit: str) -> bool:
+    return commit == spec.revision if spec.pinned else revision == spec.revision
+
+
+def _read_ref(repo_dir: str, revision: str) -> str | None:
+    try:
+        with open(os.path.join(repo_dir, "refs", revision), encoding="ascii") as f:
+            commit = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return commit if COMMIT_RE.match(commit) else None
+
+
+def _read_tree(path: str) -> dict[str, dict[str, Any]]:
+    """Our own hf-cache layout records each file's hashes in trees/<commit>.json."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            files = json.load(f).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def _digest_from_tree(entry: dict[str, Any] | None) -> Digest | None:
+    if not entry:
+        return None
+    with contextlib.suppress(IntegrityError, TypeError):
+        if entry.get("lfs_sha256"):
+            return Digest(SHA256, entry["lfs_sha256"])
+        return Digest(GIT_SHA1, entry["blob_id"])
+    return None
+
+
+def _digest_from_blob_name(name: str) -> Digest | None:
+    """The hub client names blobs by LFS sha256 (64 hex) or git blob sha1 (40 hex)."""
+    algo = {64: SHA256, 40: GIT_SHA1}.get(len(name))
+    if algo is None:
+        return None
+    try:
+        return Digest(algo, name)
+    except IntegrityError:
+        return None
+
+
+def _inside(real_root: str, path: str) -> bool:
+    return os.path.commonpath([real_root, path]) == real_root
+
+
+def _check_file(real_root: str, path: str, rel: str, size: int | None = None) -> str:
+    """The real path of a source file after the safety rules, or a clear error."""
+    real = os.path.realpath(path)
+    if not _inside(real_root, real):
+        raise IntegrityError(f"source file {rel!r} is a symlink leading out of {real_root}: refusing it")
+    try:
+        st = os.stat(real)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"source file {rel!r} is missing ({path})") from exc
+    except OSError as exc:
+        raise PreloadError(f"cannot read source file {rel!r}: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise IntegrityError(f"source file {rel!r} is {_kind(st.st_mode)}, not a regular file: refusing it")
+    if not os.access(real, os.R_OK):
+        raise PreloadError(f"source file {rel!r} is not readable ({real}): check its permissions")
+    if size is not None and st.st_size != size:
+        raise IntegrityError(f"source file {rel!r} has {st.st_size} bytes, its manifest says {size}")
+    return real
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _walk(real_root: str, top: str) -> Iterator[tuple[str, str]]:
+    """(relative path, real path) of every file under `top`, applying the safety rules."""
+    seen: set[str] = set()
+
+    def walk(directory: str, prefix: str) -> Iterator[tuple[str, str]]:
+        real_dir = os.path.realpath(directory)
+        if not _inside(real_root, real_dir):
+            raise IntegrityError(f"source directory {prefix!r} is a symlink leading out of {real_root}")
+        if real_dir in seen:
+            raise IntegrityError(f"source directory {prefix!r} is a symlink loop")
+        seen.add(real_dir)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            raise PreloadError(f"cannot list source directory {directory}: {exc.strerror}") from exc
+        for entry in entries:
+            rel = f"{prefix}{entry.name}"
+            if entry.name in _SKIP_DIRS or rel in _SKIP_PATHS:
+                continue
+            safe_relpath(rel)
+            if entry.is_dir(follow_symlinks=True) and _inside(real_root, os.path.realpath(entry.path)):
+                yield from walk(entry.path, rel + "/")
+            else:
+                yield rel, _check_file(real_root, entry.path, rel)
+
+    return walk(top, "")
+
+
+def _open_regular(path: str, rel: str) -> int:
+    # O_NONBLOCK: a file swapped for a FIFO after listing must not hang us in open().
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(path, flags | _O_NOATIME)
+        except PermissionError:
+            fd = os.open(path, flags)  # O_NOATIME needs ownership; atime is not worth failing for
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise IntegrityError(f"source file {rel!r} became a symlink while copying") from exc
+        raise PreloadError(f"cannot open source file {rel!r}: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IntegrityError(f"source file {rel!r} is not a regular file: refusing it")
+    return fd
+
+
+def _hash_all(paths: dict[str, str], wanted: list[str]) -> tuple[RemoteFile, ...]:
+    """sha256 of every wanted file, files in parallel (hashlib releases the GIL)."""
+
+    def one(rel: str) -> RemoteFile:
+        size = os.stat(paths[rel]).st_size
+        return RemoteFile(rel, size, Digest(SHA256, hash_file(paths[rel], SHA256, size).hexdigest()))
+
+    with ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="hash") as pool:
+        return tuple(pool.map(one, wanted))
+
+
+def _content_id(files: tuple[RemoteFile, ...]) -> str:
+    """A stable stand-in for a commit: the same bytes give the same id, any change a new one."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.path}\0{f.size}\0{f.digest.hex}\n".encode())
+    return COMPUTED_PREFIX + h.hexdigest()[: 40 - len(COMPUTED_PREFIX)]
