@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import crashpoints
 from agent.errors import DiskSpaceError, IntegrityError, UsageError
 from agent.manifest import Manifest, RemoteFile
 from agent.spec import Layout, ModelSpec
@@ -250,8 +251,11 @@ class Store:
 
     def publish(self, spec: ModelSpec, m: Manifest) -> Path:
         """Make a fully verified, durable set of files visible; the marker is written last."""
+        crashpoints.reached("before_pointer")
         path = self._publish_dir(spec, m) if spec.layout is Layout.DIR else self._publish_hf_cache(spec, m)
+        crashpoints.reached("before_marker")
         atomic_write(self.marker_path(spec), m.to_json().encode())
+        crashpoints.reached("after_marker")
         return path
 
     def _publish_dir(self, spec: ModelSpec, m: Manifest) -> Path:

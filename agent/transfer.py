@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import log, retry
+from agent import crashpoints, log, retry
 from agent.errors import DeadlineExceeded, DiskSpaceError, IntegrityError, PreloadError
 from agent.integrity import READ_BLOCK, Hasher, hash_file
 from agent.manifest import RemoteFile
@@ -292,6 +292,7 @@ class Transfer:
                     )
                 self._log.warning("hash_mismatch", files=names, action="refetching", attempt=attempt)
                 todo = [groups[j.part] for j in failed]
+            crashpoints.reached("before_fsync_dirs")
             for d in sorted(self._dirs):
                 fsync_dir(d)
         finally:
@@ -449,6 +450,7 @@ class Transfer:
         first = job.finals[0]
         first.parent.mkdir(parents=True, exist_ok=True)
         os.replace(job.part, first)
+        crashpoints.reached("file_renamed")
         with contextlib.suppress(FileNotFoundError):
             job.journal.unlink()
         self._dirs.add(first.parent)
