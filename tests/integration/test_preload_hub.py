@@ -439,3 +439,18 @@ def test_long_transfer_logs_progress_lines(hub_factory: HubFactory, tmp_path: Pa
     assert len(lines) >= 2
     assert {"bytes_done", "bytes_total", "percent", "mb_per_s", "eta_s"} <= set(lines[-1])
     assert lines[-1]["bytes_total"] == 8 * (1 << 20) + len(b'{"model_type": "bert"}')
+
+
+def test_read_only_destination_is_a_usage_error(hub: HubServer, tmp_path: Path, run_preload: RunPreload) -> None:
+    """A destination on a read-only filesystem fails with exit 2 and a clear line, even as root."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        r = run_preload("--model", DEMO_REPO_ID, "--dest", str(mnt / "cache"), env={"HF_ENDPOINT": hub.url})
+        assert r.code == 2, r.stderr
+        assert "not writable" in r.event("failed")["error"]
+        assert hub.requests() == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
