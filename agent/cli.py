@@ -199,6 +199,7 @@ def cli(ctx: click.Context, /, **kw: Any) -> None:
 
 def run_preload(**kw: Any) -> None:
     """Validate the options and run one preload."""
+    from agent import usage
     from agent.preload import PreloadOptions, preload
     from agent.sources import Source, factories
 
@@ -234,6 +235,7 @@ def run_preload(**kw: Any) -> None:
         )
 
     preload(spec, dest, factories(kw["sources"], hub, kw["drop_cache"]), opts)
+    usage.touch(dest, spec)  # garbage collection evicts the least recently used first
 
 
 @cli.command("verify", context_settings=CONTEXT)

@@ -1,0 +1,109 @@
+"""Every Prometheus metric of the agent, in one registry, prefixed `model_cache_`, units in names."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agent import retry
+
+STATES = ("pending", "downloading", "verifying", "ready", "failed")
+
+# `*_created` series double the exposition for no use on a long-running agent.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+TRANSFERRED_BYTES = Counter(
+    "model_cache_transferred_bytes",
+    "Bytes received from sources, by source (hf or a directory).",
+    ["source"],
+    registry=REGISTRY,
+)
+MODEL_STATE = Enum(
+    "model_cache_model_state",
+    "State of each configured model.",
+    ["model"],
+    states=list(STATES),
+    registry=REGISTRY,
+)
+MODEL_SIZE_BYTES = Gauge(
+    "model_cache_model_size_bytes",
+    "Total bytes of each configured model once known.",
+    ["model"],
+    registry=REGISTRY,
+)
+TRANSFER_DURATION = Histogram(
+    "model_cache_transfer_duration_seconds",
+    "Wall time of preloads that had work to do, by outcome.",
+    ["outcome"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+    registry=REGISTRY,
+)
+VERIFICATION_FAILURES = Counter(
+    "model_cache_verification_failures",
+    "Ready models found damaged by periodic verification.",
+    ["model"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "model_cache_retries",
+    "Transient failures retried (connection errors, 5xx, 408, 429).",
+    registry=REGISTRY,
+)
+DISK_FREE_BYTES = Gauge(
+    "model_cache_disk_free_bytes", "Free bytes on the cache filesystem.", registry=REGISTRY
+)
+DISK_TOTAL_BYTES = Gauge(
+    "model_cache_disk_total_bytes", "Size of the cache filesystem in bytes.", registry=REGISTRY
+)
+CONFIG_RELOAD_ERRORS = Counter(
+    "model_cache_config_reload_errors",
+    "Config changes rejected as invalid (the last good config stays in force).",
+    registry=REGISTRY,
+)
+GC_EVICTED_BYTES = Counter(
+    "model_cache_gc_evicted_bytes",
+    "Bytes freed by garbage collection, by kind (model, partial, revision).",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
+def install_retry_hook() -> None:
+    """Count every retry of the shared policy (idempotent)."""
+    retry.add_listener(_count_retry)
+
+
+def _count_retry(_: str) -> None:
+    RETRIES.inc()
+
+
+def set_state(model: str, state: str) -> None:
+    """Record a model's state."""
+    MODEL_STATE.labels(model=model).state(state)
+
+
+def forget_model(model: str) -> None:
+    """Drop a model that left the config."""
+    for metric in (MODEL_STATE, MODEL_SIZE_BYTES):
+        try:
+            metric.remove(model)
+        except KeyError:
+            continue
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,162 @@
+"""`preload wait`: block an init container until its model is ready on this node.
+
+Two ways to know:
+- `--dest`: read the node cache (a hostPath mount) directly; no network. The marker is
+  written last, so its file is what we watch: a stat of one path every 0.25 s (one
+  syscall, no inotify dependency and it works on every filesystem, including network
+  ones where inotify sees nothing), plus a full readiness check whenever it changes and
+  every few seconds anyway.
+- `--agent`: ask the node's agent over HTTP; print its progress; ride out connection
+  refused and agent restarts until the deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent import log, usage
+from agent.errors import DeadlineExceeded, NotFoundError, PreloadError, UsageError
+from agent.manifest import Manifest
+from agent.spec import ModelSpec
+from agent.store import Store, fmt_bytes
+
+DEST_POLL = 0.25
+FULL_CHECK_EVERY = 5.0
+AGENT_POLL = 1.0
+REPORT_EVERY = 5.0
+HTTP_TIMEOUT = 5.0
+
+
+class ModelFailedError(PreloadError):
+    """The agent reports the model as failed."""
+
+
+def wait_dest(spec: ModelSpec, dest: Path, timeout: float, any_revision: bool) -> Manifest:
+    """Return the manifest once `spec` is ready under `dest`; `any_revision` accepts any published one."""
+    store = Store(dest)
+    marker = store.marker_path(spec)
+    logger = log.get().bind(repo=spec.repo, layout=spec.layout.value, dest=str(dest))
+    started = time.monotonic()
+    seen: tuple[int, int, int] | None = None
+    next_full = next_report = started
+    while True:
+        now = time.monotonic()
+        signature = _signature(marker)
+        if signature != seen or now >= next_full:
+            seen, next_full = signature, now + FULL_CHECK_EVERY
+            m = _ready(store, spec, any_revision)
+            if m is not None:
+                usage.touch(dest, replace(spec, revision=m.revision))
+                logger.info("model_ready", commit=m.commit, path=str(store.model_path(spec, m.commit)))
+                return m
+        if timeout and now - started >= timeout:
+            raise DeadlineExceeded(f"timed out after {timeout:g}s waiting for {spec.repo} under {dest}")
+        if now >= next_report:
+            next_report = now + REPORT_EVERY
+            logger.info("waiting", waited_s=round(now - started, 1), reason="no valid completion marker yet")
+        time.sleep(DEST_POLL)
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino, st.st_size
+
+
+def _ready(store: Store, spec: ModelSpec, any_revision: bool) -> Manifest | None:
+    if any_revision:
+        m = store.read_marker(spec)
+        if m is None:
+            return None
+        spec = replace(spec, revision=m.revision)
+    return store.ready(spec)
+
+
+def wait_agent(url: str, spec: ModelSpec, timeout: float, any_revision: bool) -> dict[str, Any]:
+    """Return the agent's view of the model once it is ready; raise on failed, unknown or timeout."""
+    base = url.rstrip("/")
+    endpoint = f"{base}/v1/models/{spec.repo}"
+    logger = log.get().bind(repo=spec.repo, agent=base)
+    started = time.monotonic()
+    next_report = started
+    last = "no answer from the agent yet"
+    with httpx.Client(timeout=HTTP_TIMEOUT, trust_env=False) as client:
+        while True:
+            now = time.monotonic()
+            view = _ask(client, endpoint, spec, base)
+            if view is not None:
+                _check_match(view, spec, any_revision, base)
+                if view.get("state") == "ready":
+                    logger.info("model_ready", commit=view.get("commit"), path=view.get("path"))
+                    return view
+                if view.get("state") == "failed":
+                    raise ModelFailedError(f"{spec.repo} failed on the agent: {view.get('last_error')}")
+                last = _describe(view)
+            else:
+                last = "agent not reachable"
+            if timeout and now - started >= timeout:
+                raise DeadlineExceeded(f"timed out after {timeout:g}s waiting for {spec.repo}: {last}")
+            if now >= next_report:
+                next_report = now + REPORT_EVERY
+                logger.info("waiting", waited_s=round(now - started, 1), status=last)
+            time.sleep(AGENT_POLL)
+
+
+def _ask(client: httpx.Client, endpoint: str, spec: ModelSpec, base: str) -> dict[str, Any] | None:
+    """The agent's JSON for the model, or None while it cannot answer (down, restarting, 5xx)."""
+    try:
+        r = client.get(endpoint)
+    except httpx.HTTPError:
+        return None
+    if r.status_code == 404:
+        raise NotFoundError(f"{spec.repo} is not configured on the agent at {base}")
+    if 400 <= r.status_code < 500:
+        raise UsageError(f"the agent at {base} rejected the request: {_error(r)}")
+    if r.status_code != 200:
+        return None
+    try:
+        view = r.json()
+    except ValueError:
+        return None
+    return view if isinstance(view, dict) else None
+
+
+def _check_match(view: dict[str, Any], spec: ModelSpec, any_revision: bool, base: str) -> None:
+    if view.get("layout") != spec.layout.value:
+        raise NotFoundError(
+            f"the agent at {base} keeps {spec.repo} in the {view.get('layout')} layout, "
+            f"not {spec.layout.value}; pass --layout {view.get('layout')}"
+        )
+    if not any_revision and spec.revision not in (view.get("revision"), view.get("commit")):
+        raise NotFoundError(
+            f"the agent at {base} is configured for {spec.repo}@{view.get('revision')}, "
+            f"not revision {spec.revision}"
+        )
+
+
+def _describe(view: dict[str, Any]) -> str:
+    state = str(view.get("state"))
+    done, total = view.get("bytes_done") or 0, view.get("bytes_total") or 0
+    if not total:
+        return state
+    text = f"{state} {done * 100 / total:.1f}% ({fmt_bytes(done)} of {fmt_bytes(total)})"
+    rate, eta = view.get("rate_bytes_per_second") or 0, view.get("eta_seconds")
+    if rate:
+        text += f" at {rate / 1e6:.1f} MB/s"
+    if eta is not None:
+        text += f", ETA {eta:.0f}s"
+    return text
+
+
+def _error(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("error"))
+    except ValueError:
+        return f"HTTP {r.status_code}"
