@@ -365,7 +365,9 @@ class Daemon:
                 job.result = run()
             except DiskSpaceError as exc:
                 self.log.warning("disk_full_before_download", repo=spec.repo, error=str(exc), action="gc")
-                self.collect()
+                # The store does not say how much is missing, and a configured model outranks
+                # anything GC may take: evict all that may go, then try once more.
+                self.collect(everything=True)
                 job.result = run()
         except PreloadError as exc:
             job.error = exc
@@ -388,10 +390,11 @@ class Daemon:
         if (total - free) * 100 / total > self.config.gc.high_watermark_percent:
             self.collect()
 
-    def collect(self) -> gc.Report:
-        """Evict down to the low watermark, sparing configured and pinned models."""
+    def collect(self, everything: bool = False) -> gc.Report:
+        """Evict down to the low watermark (or all it may), sparing configured and pinned models."""
         config = self.config
-        target = gc.target_for_percent(self.dest, 100 - config.gc.low_watermark_percent)
+        total = gc.disk_usage(self.dest)[1]
+        target = total + 1 if everything else int(total * (100 - config.gc.low_watermark_percent) / 100)
         with self._gc_lock:
             report = gc.collect(
                 self.dest,

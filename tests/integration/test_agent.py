@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.demo_model import demo_repo
-from agent.hubserver import Fault, HubServer
+from agent.hubserver import Fault, HubFile, HubRepo, HubServer
+from tests.conftest import RunPreload
 from tests.hubfixtures import HubFactory
 from tests.integration.agentproc import (
     BIG,
@@ -223,3 +225,32 @@ def test_failing_model_backs_off_without_blocking_others(
     failed = agent.wait_state("test-org/missing", "failed", 10)
     assert failed["last_error"] and failed["retry_in_seconds"] is not None
     assert agent.get("/readyz")[1]["missing"] == ["test-org/missing"]
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 160 MiB tmpfs, for running out of space on purpose (needs root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)]
+    if subprocess.run(command, check=False, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_runs_gc_once_before_the_download(
+    tmp_path: Path, small_fs: Path, hub: HubServer, agents: list[AgentProc], run_preload: RunPreload
+) -> None:
+    """A configured model that does not fit evicts an unconfigured one, then downloads."""
+    hub.add_repo(big_repo())
+    # The store keeps a 64 MiB margin: 94 MiB fits alone, but leaves too little for BIG after it.
+    hub.add_repo(HubRepo("a/filler", [HubFile("model.safetensors", b"\1" * (94 << 20))]))
+    assert run_preload("--model", "a/filler", "--dest", str(small_fs), env={"HF_ENDPOINT": hub.url}).code == 0
+    config = write(tmp_path / "c.yaml", f"models: [{BIG}]\n")
+    agent = start_agent(agents, tmp_path, hub, config, small_fs)
+    agent.wait_state(BIG, "ready", 30)
+    assert not (small_fs / "a" / "filler").exists()
+    removed = [e for e in agent.events() if e.get("event") == "gc_removed"]
+    assert [e["repo"] for e in removed] == ["a/filler"]
+    assert agent.metric("model_cache_gc_evicted_bytes_total") >= 94 << 20
