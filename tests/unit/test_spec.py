@@ -20,13 +20,17 @@ REPO_FILES = [
 ]
 
 
-@pytest.mark.parametrize("good", ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-0.5B", "a/b", "org_1/x.y"])
+@pytest.mark.parametrize(
+    "good", ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-0.5B", "a/b", "org_1/x.y"]
+)
 def test_valid_repo_ids_pass(good: str) -> None:
     """Real-world hub ids are accepted unchanged."""
     assert validate_repo_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", "gpt2", "a/b/c", "../x", "a/..", "a/b c", "a/-b", "a/b-", "a--b/c", "/a/b"])
+@pytest.mark.parametrize(
+    "bad", ["", "gpt2", "a/b/c", "../x", "a/..", "a/b c", "a/-b", "a/b-", "a--b/c", "/a/b"]
+)
 def test_invalid_repo_ids_fail(bad: str) -> None:
     """Ids that are not ORG/NAME, or could traverse paths, are usage errors."""
     with pytest.raises(UsageError):
@@ -45,7 +49,9 @@ def test_model_with_revision_and_conflicts() -> None:
             parse_model(bad)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25)]
+)
 def test_durations(text: str, seconds: float) -> None:
     """Plain seconds and unit suffixes parse to seconds."""
     assert parse_duration(text) == seconds
