@@ -23,8 +23,8 @@ demo: $(VENV)/.installed
 	$(BIN)/preload --log-format console demo --dest demo-cache
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check agent tests bench
-	$(BIN)/ruff format --check agent tests bench
+	$(BIN)/ruff check agent tests $(wildcard bench)
+	$(BIN)/ruff format --check agent tests $(wildcard bench)
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict agent
