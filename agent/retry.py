@@ -84,8 +84,7 @@ def call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
 
     retryer = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
-        stop=tenacity.stop_after_attempt(policy.attempts)
-        | tenacity.stop_after_delay(policy.total_seconds),
+        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(policy.total_seconds),
         wait=_wait(policy),
         before_sleep=before_sleep,
         reraise=True,
