@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit integration bench clean
+.PHONY: demo test lint typecheck unit integration bench clean reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ integration: $(VENV)/.installed-test
 
 test: lint typecheck
 	$(BIN)/pytest -q tests
+
+# The full reliability suite (fault injection, kill -9, abuse); rewrites docs/reliability.md.
+reliability: $(VENV)/.installed-test
+	$(BIN)/python tests/reliability/run.py --trials 20
 
 clean:
 	rm -rf $(VENV) demo-cache .mypy_cache .ruff_cache .pytest_cache

@@ -218,7 +218,16 @@ def _layout(raw: Any, where: str) -> Layout:
 def _sources(raw: Any, where: str) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: expected a non-empty list such as [hf] or [/nfs-models, hf]")
-    return tuple(_str(s, f"{where}[{i}]") for i, s in enumerate(raw))
+    out = tuple(_str(s, f"{where}[{i}]") for i, s in enumerate(raw))
+    from agent.sources.directory import parse_location
+
+    for i, name in enumerate(out):
+        if name != "hf":
+            try:
+                parse_location(name)
+            except UsageError as exc:
+                raise ConfigError(f"{where}[{i}]: {exc}") from exc
+    return out
 
 
 def _globs(raw: Any, where: str) -> tuple[str, ...]:

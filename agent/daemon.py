@@ -24,6 +24,7 @@ from agent.errors import DiskSpaceError, PreloadError
 from agent.manifest import Manifest
 from agent.preload import PreloadOptions, PreloadResult, preload
 from agent.sources import SourceFactory, factories
+from agent.spec import ModelSpec
 from agent.store import Store
 from agent.transfer import Cancelled, Progress
 
@@ -318,18 +319,45 @@ class Daemon:
             st.state = State.VERIFYING
         metrics.set_state(spec.repo, st.state.value)
         m = self.store.ready(spec)
+        changed = self._changed_files(spec, m) if m is not None else []
+        if changed:
+            m = None
         with self._lock:
             if m is not None:
                 self._mark_ready(st, m)
             else:
                 marker = self.store.read_marker(spec)
                 bad = self.store.fast_check(spec, marker) if marker else ["(completion marker)"]
+                bad += changed
                 st.state, st.ready_since, st.retry_at = State.PENDING, None, 0.0
-                st.error = f"damaged: missing or wrong size: {', '.join(bad[:5]) or '(pointer)'}"
+                st.error = f"damaged: missing, wrong size or changed: {', '.join(bad[:5]) or '(pointer)'}"
         if m is None:
             metrics.VERIFICATION_FAILURES.labels(model=spec.repo).inc()
             self.log.warning("model_damaged", repo=spec.repo, error=st.error, action="repair")
         metrics.set_state(spec.repo, st.state.value)
+
+    def _changed_files(self, spec: ModelSpec, m: Manifest) -> list[str]:
+        """Files modified since publish whose hash no longer matches; deleted so a repair refetches them.
+
+        Sizes alone miss same-size damage; a later mtime is what a stat can still see, and only
+        those files are re-hashed (as `preload verify` does). Skipped while another process
+        holds the model's lock.
+        """
+        from agent import verify
+
+        with self.store.lock(spec, deadline=0) as got:
+            if not got:
+                return []
+            report = verify.verify(self.store, spec)
+            if report.commit != m.commit:
+                return []
+            if report.touched and not report.corrupt:
+                verify.record(self.store, spec, report)  # intact: do not re-hash it every interval
+            for p in self.store.placements(spec, m.commit, m.files):
+                if p.file.path in report.corrupt:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.final.unlink()
+            return list(report.corrupt)
 
     def _start_due(self, now: float) -> None:
         if self._stop.is_set():

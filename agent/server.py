@@ -60,6 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
     # A request line too broken to name a version still gets a status line, not a bare body.
     default_request_version = "HTTP/1.0"
     server_version = "model-cache-agent"
+    timeout = 30  # a client that stops sending mid-request is dropped, not served a thread forever
     sys_version = ""
 
     def do_GET(self) -> None:
@@ -76,13 +77,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, body: bool) -> None:
         path = urlsplit(self.path).path
         try:
-            status, payload, ctype = self._route(path)
-            self._send(status, payload, {"Content-Type": ctype} if ctype else {}, body=body)
-        except _Reply as reply:
-            self._send(reply.status, {"error": str(reply)}, body=body)
-        except Exception:  # the client gets a plain 500, the log the details
-            log.get().exception("api_error", path=path[:200])
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}, body=body)
+            try:
+                status, payload, ctype = self._route(path)
+                self._send(status, payload, {"Content-Type": ctype} if ctype else {}, body=body)
+            except _Reply as reply:
+                self._send(reply.status, {"error": str(reply)}, body=body)
+            except ConnectionError:
+                raise
+            except Exception:  # the client gets a plain 500, the log the details
+                log.get().exception("api_error", path=path[:200])
+                self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}, body=body)
+        except ConnectionError:  # the client left before the answer: not our error, nothing to say
+            self.close_connection = True
 
     def _route(self, path: str) -> tuple[HTTPStatus, Any, str | None]:
         status = self.server.status
@@ -127,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Malformed requests get the same JSON error shape, never the stdlib's HTML page."""
         self.close_connection = True
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # an unknown method: the same 405 as POST gets
+            self._not_allowed()
+            return
         self._send(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:

@@ -161,7 +161,7 @@ class HubSource:
         self._raise_for(response, what, repo)
         try:
             return response.json(), response
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise IntegrityError(f"{what}: the server sent invalid JSON") from exc
 
     # -- Source protocol ------------------------------------------------------------
