@@ -720,10 +720,10 @@ def med(runs: Sequence[Run], attr: str = "total") -> float:
 
 def case_cold(s: Setup) -> dict[str, Any]:
     """preload, hf download and parallel curl, interleaved so drift hits all three alike."""
-    tools = ["preload", "hf", "curl"]
+    tools = [t for t in ("preload", "hf", "curl") if t in s.args.cold_tools.split(",")]
     runs: dict[str, list[Run]] = {t: [] for t in tools}
     for i in range(s.args.runs):
-        for tool in tools[i % 3 :] + tools[: i % 3]:
+        for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:
             r = one(s, tool, s.hub)
             runs[tool].append(r)
             say(
@@ -740,10 +740,10 @@ def case_cold(s: Setup) -> dict[str, Any]:
 
 def case_capped(s: Setup) -> dict[str, Any]:
     """nginx caps each connection at 50 MiB/s: only several ranged connections per file get past it."""
-    tools = ["preload", "hf"]
+    tools = [t for t in ("preload", "hf") if t in s.args.cold_tools.split(",")]
     runs: dict[str, list[Run]] = {t: [] for t in tools}
     for i in range(s.args.runs):
-        for tool in tools[i % 2 :] + tools[: i % 2]:
+        for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:
             r = one(s, tool, s.capped_hub)
             runs[tool].append(r)
             say(f"capped {tool} run {i + 1}: {r.seconds:.2f}s + sync {r.sync_seconds:.2f}s")
@@ -931,6 +931,8 @@ def report(s: Setup, results: dict[str, Any], out_md: Path, out_json: Path) -> N
     gib = s.model.total / GIB
     rows: list[tuple[str, str, str, str, str, str, str]] = []
     cold = results.get("cold")
+    if cold and set(cold["runs"]) != {"preload", "hf", "curl"}:
+        cold = None  # an experiment (--cold-tools): the raw numbers are in the JSON only
     if cold:
         p, h, c = cold["preload_median_total_s"], cold["hf_median_total_s"], cold["curl_median_total_s"]
         pt, ht = cold["preload_median_tool_s"], cold["hf_median_tool_s"]
@@ -968,7 +970,7 @@ def report(s: Setup, results: dict[str, Any], out_md: Path, out_json: Path) -> N
             )
         )
     capped = results.get("capped")
-    if capped:
+    if capped and set(capped["runs"]) == {"preload", "hf"}:
         p, h = capped["preload_median_total_s"], capped["hf_median_total_s"]
         rows.append(
             (
@@ -1086,6 +1088,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quiet-wait", type=float, default=30.0, help="max seconds to wait for an idle machine before a run"
+    )
+    parser.add_argument(
+        "--cold-tools", default="preload,hf,curl", help="tools of the cold and capped cases (experiments)"
     )
     parser.add_argument(
         "--preload-wrap", default="", help="command prefix for preload runs (a profiler); skews time and RSS"
