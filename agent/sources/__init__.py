@@ -10,6 +10,8 @@ from typing import Protocol
 from agent.manifest import RemoteFile
 from agent.spec import ModelSpec
 
+Block = bytes | memoryview
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -34,8 +36,11 @@ class Source(Protocol):
 
     def open_range(
         self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
-    ) -> AbstractContextManager[Iterator[bytes]]:
-        """Stream bytes [start, end) of `file`; raise TransientError for retryable trouble."""
+    ) -> AbstractContextManager[Iterator[Block]]:
+        """Stream bytes [start, end) of `file`; raise TransientError for retryable trouble.
+
+        A yielded block is valid only until the next one is asked for (sources may reuse buffers).
+        """
         ...
 
     def close(self) -> None:

@@ -217,7 +217,7 @@ class DirectorySource:
     @contextmanager
     def open_range(
         self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
-    ) -> Iterator[Iterator[bytes]]:
+    ) -> Iterator[Iterator[memoryview]]:
         """Stream [start, end) of a source file with large sequential reads."""
         path = self._paths.get(file.path)
         if path is None:
@@ -232,20 +232,24 @@ class DirectorySource:
         finally:
             os.close(fd)
 
-    def _blocks(self, fd: int, path: str, start: int, end: int) -> Iterator[bytes]:
+    def _blocks(self, fd: int, path: str, start: int, end: int) -> Iterator[memoryview]:
+        # One buffer per stream, refilled in place: the consumer writes and hashes each block
+        # before asking for the next, and a fresh 8 MiB object per read costs page faults that
+        # showed up as most of the copy's system time.
+        buf = memoryview(bytearray(min(READ_BLOCK, max(end - start, 1))))
         pos = start
         while pos < end:
             try:
-                block = os.pread(fd, min(READ_BLOCK, end - pos), pos)
+                n = os.preadv(fd, [buf[: min(len(buf), end - pos)]], pos)
             except OSError as exc:
                 raise PreloadError(f"cannot read {path}: {exc.strerror}") from exc
-            if not block:
+            if not n:
                 raise IntegrityError(f"{path} ended at byte {pos}, expected {end}: changed while copied?")
             if self._drop_cache:
                 # Pages read from a shared volume count against the pod's memory limit too.
-                os.posix_fadvise(fd, pos, len(block), os.POSIX_FADV_DONTNEED)
-            pos += len(block)
-            yield block
+                os.posix_fadvise(fd, pos, n, os.POSIX_FADV_DONTNEED)
+            pos += n
+            yield buf[:n]
 
 
 def _revision_matches(spec: ModelSpec, revision: str, commit: str) -> bool:
