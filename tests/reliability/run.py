@@ -64,7 +64,7 @@ def render(rows: list[Row], quick: bool, seed: int, seconds: float) -> str:
         "",
         "- **trials / passed**: independent attempts of the scenario and how many met every check.",
         "- **data lost**: verified work that had to be fetched or copied again after the fault "
-        "(the journal bounds it to about 1 MiB per connection; a file already verified is never "
+        "(the journal, written every 256 KiB, bounds it per connection; a file already verified is never "
         "fetched again), or files of a ready model lost for good.",
         "- **corrupt ready**: files whose bytes differ from the source while the model was reported "
         "ready (a valid marker, pointer and sizes). The promise is 0, always.",

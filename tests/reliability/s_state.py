@@ -248,7 +248,9 @@ def memory(ctx: Ctx) -> Row:
         (c1, p1), (c4, p4) = peaks[small], peaks[large]
         ok = c1 == 0 and c4 == 0 and p4 <= p1 * 1.25 + 16 * 1024
         row.trial(
-            ok, f"{kind}: peak {p1 / 1024:.0f} MiB for {mib(small)}, {p4 / 1024:.0f} MiB for {mib(large)}"
+            ok,
+            f"{kind}: exit {c1}/{c4}, peak {p1 / 1024:.0f} MiB for {mib(small)}, "
+            f"{p4 / 1024:.0f} MiB for {mib(large)}",
         )
         notes.append(
             f"{kind}: {p1 / 1024:.0f} MiB peak for {mib(small)}, {p4 / 1024:.0f} MiB for {mib(large)}"
