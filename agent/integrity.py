@@ -15,6 +15,9 @@ SHA256 = "sha256"
 GIT_SHA1 = "git-sha1"
 _HEX = {SHA256: re.compile(r"^[0-9a-f]{64}$"), GIT_SHA1: re.compile(r"^[0-9a-f]{40}$")}
 READ_BLOCK = 8 << 20
+# Buffers kept per stream or per thread: small enough that 16 of them stay well inside the
+# 200 MB RSS budget, large enough that syscalls and hashing calls stay cheap.
+STREAM_BLOCK = 2 << 20
 MAX_PATH_BYTES = 1024
 
 

@@ -25,7 +25,7 @@ from typing import cast
 
 from agent import crashpoints, log, retry
 from agent.errors import DeadlineExceeded, DiskSpaceError, IntegrityError, PreloadError
-from agent.integrity import READ_BLOCK, Hasher, hash_file
+from agent.integrity import STREAM_BLOCK, Hasher, hash_file
 from agent.manifest import RemoteFile
 from agent.sources import Block, Snapshot, Source
 from agent.spec import ModelSpec
@@ -452,11 +452,11 @@ class Transfer:
         # fragments the heap.
         buf: memoryview | None = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = memoryview(bytearray(READ_BLOCK))
+            buf = self._local.buf = memoryview(bytearray(STREAM_BLOCK))
         pos = start
         while pos < end:
             self._check()
-            n = os.preadv(job.fd, [buf[: min(READ_BLOCK, end - pos)]], pos)
+            n = os.preadv(job.fd, [buf[: min(STREAM_BLOCK, end - pos)]], pos)
             if not n:
                 raise IntegrityError(f"{job.file.path}: part file shorter than expected")
             job.hasher.update(buf[:n])

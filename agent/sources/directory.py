@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from agent import log
 from agent.errors import IntegrityError, NotFoundError, PreloadError, UsageError
-from agent.integrity import GIT_SHA1, READ_BLOCK, SHA256, Digest, hash_file, safe_relpath
+from agent.integrity import GIT_SHA1, SHA256, STREAM_BLOCK, Digest, hash_file, safe_relpath
 from agent.manifest import RemoteFile
 from agent.sources import Snapshot, SourceFactory
 from agent.spec import COMMIT_RE, Layout, ModelSpec
@@ -236,7 +236,7 @@ class DirectorySource:
         # One buffer per stream, refilled in place: the consumer writes and hashes each block
         # before asking for the next, and a fresh 8 MiB object per read costs page faults that
         # showed up as most of the copy's system time.
-        buf = memoryview(bytearray(min(READ_BLOCK, max(end - start, 1))))
+        buf = memoryview(bytearray(min(STREAM_BLOCK, max(end - start, 1))))
         pos = start
         while pos < end:
             try:

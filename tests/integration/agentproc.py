@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,19 +15,12 @@ from typing import Any, TypeVar
 import httpx
 
 from agent.hubserver import HubFile, HubRepo
-from tests.conftest import base_env
+from tests.conftest import base_env, free_port
 
 T = TypeVar("T")
 DEMO = "demo-org/tiny-model"
 BIG = "test-org/big-model"
 BIG_SIZE = 4 << 20
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def big_repo() -> HubRepo:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import free_port, http_status
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "model-cache"
@@ -553,24 +554,6 @@ def _preload_has(subcommand: str) -> bool:
 AGENT_MISSING = not (_preload_has("agent") and _preload_has("wait"))
 
 
-def _free_port() -> int:
-    """An unused loopback TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _http_status(url: str) -> int | None:
-    """GET url; the status code, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return None
-
-
 def _substitute(items: list[str], mapping: dict[str, str]) -> list[str]:
     """Replace whole arguments, and path prefixes, per mapping."""
     out = []
@@ -623,7 +606,7 @@ def test_chart_runs_as_rendered(helm: str, loopback_hub: Any, tmp_path: Path) ->
     (config_dir / "config.yaml").write_text(config_text)
     pod_tmp = tmp_path / "pod-tmp"
     pod_tmp.mkdir()
-    port = _free_port()
+    port = free_port()
     paths = {"/data/models": str(cache), "/etc/model-cache": str(config_dir), "/tmp": str(pod_tmp)}
     args = _substitute(container["args"], {**paths, "0.0.0.0:8080": f"127.0.0.1:{port}"})
 
@@ -648,13 +631,13 @@ def test_chart_runs_as_rendered(helm: str, loopback_hub: Any, tmp_path: Path) ->
         base = f"http://127.0.0.1:{port}"
         probe = container["readinessProbe"]["httpGet"]["path"]
         deadline = time.monotonic() + 120
-        while _http_status(f"{base}{probe}") != 200:
+        while http_status(f"{base}{probe}") != 200:
             assert agent.poll() is None, agent.communicate()[0]
             if time.monotonic() > deadline:
                 agent.terminate()
                 pytest.fail(f"agent never became ready:\n{agent.communicate(timeout=30)[0][-3000:]}")
             time.sleep(0.2)
-        assert _http_status(f"{base}{container['livenessProbe']['httpGet']['path']}") == 200
+        assert http_status(f"{base}{container['livenessProbe']['httpGet']['path']}") == 200
         with urllib.request.urlopen(f"{base}/v1/models/{model}", timeout=5) as reply:
             assert reply.status == 200
 

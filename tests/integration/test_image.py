@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import free_port, http_status
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = os.environ.get("MODEL_CACHE_TEST_IMAGE", "localhost/model-cache:dev")
@@ -170,24 +169,6 @@ def test_preload_demo_model(image: str, node_cache: Path, hub: Any) -> None:
         assert {p.stat().st_uid for p in files} == {UID}
 
 
-def _free_port() -> int:
-    """An unused loopback TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _status(url: str) -> int | None:
-    """GET url; the status code, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as err:
-        return err.code
-    except OSError:
-        return None
-
-
 def _has_agent(image: str, cache: Path) -> bool:
     """Whether the image's `preload` has the `agent` subcommand."""
     return _podman(*run_args(image, cache), "agent", "--help").returncode == 0
@@ -204,7 +185,7 @@ def test_agent_becomes_ready_in_container(image: str, node_cache: Path, hub: Any
         "maxConcurrent: 1\nverifyInterval: 1h\nstartupJitter: 0s\n"
         "gc: {highWatermarkPercent: 90, lowWatermarkPercent: 80}\n"
     )
-    port = _free_port()
+    port = free_port()
     name = f"model-cache-test-{port}"
     extra = ["-d", "--name", name, "-e", f"HF_ENDPOINT={hub.url}", "-v", f"{config}:/etc/model-cache:ro"]
     started = _podman(
@@ -220,13 +201,13 @@ def test_agent_becomes_ready_in_container(image: str, node_cache: Path, hub: Any
     assert started.returncode == 0, started.stderr
     try:
         deadline = time.monotonic() + 120
-        while _status(f"http://127.0.0.1:{port}/readyz") != 200:
+        while http_status(f"http://127.0.0.1:{port}/readyz") != 200:
             state = _podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
             assert state == "true", _podman("logs", name).stderr
             assert time.monotonic() < deadline, _podman("logs", name).stderr
             time.sleep(0.5)
-        assert _status(f"http://127.0.0.1:{port}/livez") == 200
-        assert _status(f"http://127.0.0.1:{port}/v1/models/{MODEL}") == 200
+        assert http_status(f"http://127.0.0.1:{port}/livez") == 200
+        assert http_status(f"http://127.0.0.1:{port}/v1/models/{MODEL}") == 200
         assert (node_cache / MODEL).is_dir()
     finally:
         _podman("stop", "--time", "20", name, timeout=60)
