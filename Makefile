@@ -38,6 +38,11 @@ integration: $(VENV)/.installed-test
 test: lint typecheck
 	$(BIN)/pytest -q tests
 
+# Both benchmarks (root: they drop the page cache); results in bench/results/.
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_hub.py
+	$(BIN)/python bench/bench_copy.py
+
 # The full reliability suite (fault injection, kill -9, abuse); rewrites docs/reliability.md.
 reliability: $(VENV)/.installed-test
 	$(BIN)/python tests/reliability/run.py --trials 20
