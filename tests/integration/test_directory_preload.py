@@ -16,7 +16,7 @@ import pytest
 
 from agent.hubserver import HubFile, HubRepo, HubServer
 from agent.manifest import Manifest
-from tests.conftest import RunPreload, base_env, spawn_preload
+from tests.conftest import Run, RunPreload, base_env, spawn_preload
 from tests.hubfixtures import HubFactory
 
 REPO = "shard-org/sharded"
@@ -93,6 +93,13 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, int, str]]:
     return state
 
 
+def hybrid(run_preload: RunPreload, hub: HubServer, src: Path, dest: Path) -> Run:
+    """Preload REPO into `dest` from the directory `src`, with the hub as the fallback source."""
+    return run_preload(
+        "--model", REPO, "--dest", str(dest), "--source", str(src), "--source", "hf", "--endpoint", hub.url
+    )
+
+
 def verify_json(run_preload: RunPreload, dest: Path, *extra: str) -> tuple[int, dict[str, object]]:
     """Run `preload verify --json` and parse its report."""
     r = run_preload("verify", "--model", REPO, "--dest", str(dest), "--json", *extra)
@@ -106,18 +113,7 @@ def test_missing_in_directory_falls_back_to_hub(
     empty = tmp_path / "nfs"
     empty.mkdir()
     dest = tmp_path / "dest"
-    r = run_preload(
-        "--model",
-        REPO,
-        "--dest",
-        str(dest),
-        "--source",
-        str(empty),
-        "--source",
-        "hf",
-        "--endpoint",
-        shard_hub.url,
-    )
+    r = hybrid(run_preload, shard_hub, empty, dest)
     assert r.code == 0, r.stderr
     assert "not in" in r.event("source_failed")["error"]
     assert marker(dest).source == "hf"
@@ -141,18 +137,7 @@ def test_corrupt_source_file_is_refetched_from_hub_alone(
     flip_byte(src / REPO / BAD)
     shard_hub.reset_log()
     dest = tmp_path / "dest"
-    r = run_preload(
-        "--model",
-        REPO,
-        "--dest",
-        str(dest),
-        "--source",
-        str(src),
-        "--source",
-        "hf",
-        "--endpoint",
-        shard_hub.url,
-    )
+    r = hybrid(run_preload, shard_hub, src, dest)
     assert r.code == 0, r.stderr
     assert "mismatch" in r.event("source_failed")["error"]
     assert fetched_paths(shard_hub) == {BAD}
@@ -167,18 +152,7 @@ def test_plain_directory_uses_hub_listing_when_hub_is_a_source(
     src = plain_copy(tmp_path / "seed", tmp_path / "nfs")
     shard_hub.reset_log()
     dest = tmp_path / "dest"
-    r = run_preload(
-        "--model",
-        REPO,
-        "--dest",
-        str(dest),
-        "--source",
-        str(src),
-        "--source",
-        "hf",
-        "--endpoint",
-        shard_hub.url,
-    )
+    r = hybrid(run_preload, shard_hub, src, dest)
     assert r.code == 0, r.stderr
     m = marker(dest)
     assert (m.hash_origin, m.commit) == ("hub-listing", shard_hub.repo(REPO).commit)
