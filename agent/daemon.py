@@ -393,9 +393,9 @@ class Daemon:
                 job.result = run()
             except DiskSpaceError as exc:
                 self.log.warning("disk_full_before_download", repo=spec.repo, error=str(exc), action="gc")
-                # The store does not say how much is missing, and a configured model outranks
-                # anything GC may take: evict all that may go, then try once more.
-                self.collect(everything=True)
+                # A configured model outranks anything GC may take: free what the download
+                # needs (all that may go when the store could not say), then try once more.
+                self.collect(free_wanted=exc.free_wanted or -1)
                 job.result = run()
         except PreloadError as exc:
             job.error = exc
@@ -418,11 +418,13 @@ class Daemon:
         if (total - free) * 100 / total > self.config.gc.high_watermark_percent:
             self.collect()
 
-    def collect(self, everything: bool = False) -> gc.Report:
-        """Evict down to the low watermark (or all it may), sparing configured and pinned models."""
+    def collect(self, free_wanted: int = 0) -> gc.Report:
+        """Evict down to the low watermark, or until `free_wanted` bytes are free (-1: all that may
+        go), sparing configured and pinned models."""
         config = self.config
         total = gc.disk_usage(self.dest)[1]
-        target = total + 1 if everything else int(total * (100 - config.gc.low_watermark_percent) / 100)
+        target = int(total * (100 - config.gc.low_watermark_percent) / 100)
+        target = total + 1 if free_wanted < 0 else max(target, free_wanted)
         with self._gc_lock:
             report = gc.collect(
                 self.dest,

@@ -56,6 +56,10 @@ class DiskSpaceError(PreloadError):
 
     exit_code = ExitCode.DISK_SPACE
 
+    def __init__(self, message: str, free_wanted: int | None = None) -> None:
+        super().__init__(message)
+        self.free_wanted = free_wanted  # bytes that must be free to go ahead, when known
+
 
 class TransientError(PreloadError):
     """A failure worth retrying: connection trouble, 5xx, 408, 429."""

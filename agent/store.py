@@ -244,7 +244,8 @@ class Store:
         if needed and needed + margin > free:
             raise DiskSpaceError(
                 f"not enough space on {self.root}: need {fmt_bytes(needed)} (+{fmt_bytes(margin)} margin), "
-                f"free {fmt_bytes(free)}"
+                f"free {fmt_bytes(free)}",
+                free_wanted=needed + margin,
             )
 
     # -- publish -------------------------------------------------------------------
