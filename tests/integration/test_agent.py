@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from agent.demo_model import demo_repo
 from agent.hubserver import Fault, HubFile, HubRepo, HubServer
-from tests.conftest import RunPreload
+from tests.conftest import RunPreload, tmpfs
 from tests.hubfixtures import HubFactory
 from tests.integration.agentproc import (
     BIG,
@@ -230,13 +229,8 @@ def test_failing_model_backs_off_without_blocking_others(
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 160 MiB tmpfs, for running out of space on purpose (needs root)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)]
-    if subprocess.run(command, check=False, capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "small", "size=160m") as mount:
+        yield mount
 
 
 def test_full_disk_runs_gc_once_before_the_download(

@@ -14,13 +14,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from agent.hubserver import HubServer
 from tests.conftest import free_port, http_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -572,18 +572,9 @@ def _local_argv(command: list[str]) -> list[str]:
     return [sys.executable, "-m", "agent", *command[1:]]
 
 
-@pytest.fixture
-def loopback_hub() -> Iterator[Any]:
-    """The loopback test hub serving demo-org/tiny-model."""
-    hubserver = pytest.importorskip("agent.hubserver", reason="agent.hubserver is not written yet")
-    demo = pytest.importorskip("agent.demo_model", reason="agent.demo_model is not written yet")
-    with hubserver.HubServer(repos=[demo.demo_repo()]) as hub:
-        yield hub
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(AGENT_MISSING, reason="`preload agent`/`preload wait` are not implemented yet")
-def test_chart_runs_as_rendered(helm: str, loopback_hub: Any, tmp_path: Path) -> None:
+def test_chart_runs_as_rendered(helm: str, hub: HubServer, tmp_path: Path) -> None:
     """The DaemonSet's agent, as rendered, fills a cache from a test hub; the vLLM init wait returns."""
     model = "demo-org/tiny-model"
     docs = template(
@@ -593,7 +584,7 @@ def test_chart_runs_as_rendered(helm: str, loopback_hub: Any, tmp_path: Path) ->
         "--set",
         "config.startupJitter=0s",
         "--set",
-        f"hf.endpoint={loopback_hub.url}",
+        f"hf.endpoint={hub.url}",
     )
     container = agent_container(docs)
     config_text = find(docs, "ConfigMap")["data"]["config.yaml"]
@@ -616,7 +607,7 @@ def test_chart_runs_as_rendered(helm: str, loopback_hub: Any, tmp_path: Path) ->
             env[var["name"]] = _substitute([var["value"]], paths)[0]
         elif "fieldRef" in var.get("valueFrom", {}):
             env[var["name"]] = "local-node"
-    assert env["HF_ENDPOINT"] == loopback_hub.url
+    assert env["HF_ENDPOINT"] == hub.url
     env["PYTHONPATH"] = str(REPO)
 
     agent = subprocess.Popen(

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +103,6 @@ def run_args(image: str, cache: Path, *extra: str) -> list[str]:
         *extra,
         image,
     ]
-
-
-@pytest.fixture
-def hub() -> Iterator[Any]:
-    """The loopback test hub serving demo-org/tiny-model."""
-    hubserver = pytest.importorskip("agent.hubserver", reason="agent.hubserver is not written yet")
-    demo = pytest.importorskip("agent.demo_model", reason="agent.demo_model is not written yet")
-    with hubserver.HubServer(repos=[demo.demo_repo()]) as server:
-        yield server
 
 
 def test_image_metadata(image: str) -> None:

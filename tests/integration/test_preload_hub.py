@@ -14,7 +14,7 @@ import pytest
 from agent.demo_model import DEMO_REPO_ID, demo_files, demo_repo
 from agent.hubserver import Fault, HubFile, HubRepo, HubServer
 from agent.manifest import Manifest
-from tests.conftest import RunPreload, spawn_preload
+from tests.conftest import RunPreload, spawn_preload, tmpfs
 from tests.hubfixtures import HubFactory
 
 TOKEN = "hf_secret_test_token_4f8a2c"
@@ -368,11 +368,7 @@ def test_disk_too_small_fails_before_writing(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:
     """A model larger than the free space fails with exit 5, both figures, and no data written."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "small", "size=24m") as mnt:
         hub = hub_factory([big_repo(tmp_path, mib=32)])
         r = run_preload(
             "--model", "big-org/big-model", "--dest", str(mnt / "cache"), env={"HF_ENDPOINT": hub.url}
@@ -383,19 +379,13 @@ def test_disk_too_small_fails_before_writing(
         assert hub.requests(kind="cdn") == []
         used = sum(p.stat().st_size for p in mnt.rglob("*") if p.is_file())
         assert used < 1 << 20
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_disk_filling_up_mid_transfer_is_clean_and_resumable(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:
     """Another writer fills the disk after the space check: exit 5, no marker; space freed -> resumes."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=140m", "tmpfs", str(mnt)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "small", "size=140m") as mnt:
         blobs = []
         for name in ("a.safetensors", "b.safetensors"):
             blob = tmp_path / name
@@ -425,8 +415,6 @@ def test_disk_filling_up_mid_transfer_is_clean_and_resumable(
         assert len(fetched) == 1, "the completed first shard must not be fetched again"
         for f in blobs:
             assert (dest / "big-org" / "two-shards" / f.path).stat().st_size == 24 << 20
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_long_transfer_logs_progress_lines(
@@ -454,16 +442,8 @@ def test_read_only_destination_is_a_usage_error(
     hub: HubServer, tmp_path: Path, run_preload: RunPreload
 ) -> None:
     """A destination on a read-only filesystem fails with exit 2 and a clear line, even as root."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], check=False
-    ).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
         r = run_preload("--model", DEMO_REPO_ID, "--dest", str(mnt / "cache"), env={"HF_ENDPOINT": hub.url})
         assert r.code == 2, r.stderr
         assert "not writable" in r.event("failed")["error"]
         assert hub.requests() == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
