@@ -35,7 +35,7 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
-    """A size such as 1048576, 64MiB, 1GiB."""
+    """A size such as 1048576, 64MiB, 1GiB; "auto" (where allowed) is 0."""
 
     name = "size"
     _units: ClassVar[dict[str, int]] = {
@@ -49,10 +49,15 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
         "gib": 1 << 30,
     }
 
+    def __init__(self, auto: bool = False) -> None:
+        self.auto = auto
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         text = str(value).strip().lower()
+        if self.auto and text == "auto":
+            return 0
         num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
         unit = text[len(num) :]
         if not num.isdigit() or unit not in self._units:
@@ -146,9 +151,10 @@ log_format_option = _opt(
 @_opt(
     "--chunk-size",
     env="PRELOAD_CHUNK_SIZE",
-    type=ByteSize(),
-    default="32MiB",
-    help="Range size for splitting large files.",
+    type=ByteSize(auto=True),
+    default="auto",
+    help="Range size for splitting large files; auto spreads --max-workers connections over the files "
+    "by size (a file gets one stream when there are more files than connections).",
 )
 @_opt(
     "--timeout",

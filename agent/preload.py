@@ -24,7 +24,7 @@ class PreloadOptions:
     """Everything about how (not what) to preload."""
 
     max_workers: int = 16
-    chunk_size: int = 32 << 20
+    chunk_size: int = 0  # 0: chosen per file by the transfer
     timeout: float = 0.0  # whole operation; 0 = no limit
     refresh: bool = False
     progress_interval: float = 5.0

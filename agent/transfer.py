@@ -33,6 +33,7 @@ from agent.store import Placement, fsync_dir, is_no_space
 
 JOURNAL_EVERY = 256 << 10  # an append without fsync: cheap, and a kill -9 loses less per connection
 JOURNAL_SUFFIX = ".journal"
+MIN_CHUNK = 32 << 20  # below this a range costs more in requests than it gains in parallelism
 DROP_LAG = 64 << 20  # pages this far behind the writer have likely been written back
 
 
@@ -68,7 +69,7 @@ class TransferOptions:
     """Knobs for one transfer."""
 
     max_workers: int = 16
-    chunk_size: int = 32 << 20
+    chunk_size: int = 0  # 0: auto_chunk_size
     retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     verify_attempts: int = 2
     progress_interval: float = 5.0
@@ -111,6 +112,34 @@ class Progress:
         return self.fetched / elapsed if elapsed > 0 else 0.0
 
 
+def auto_chunk_size(size: int, total: int, workers: int) -> int:
+    """Split a file by its share of the connections: the files together get about `workers` ranges.
+
+    A file whose share is under one connection streams whole (hashed in memory, no read-back);
+    few, large ranges keep writers of one file from queueing on its inode lock. Depends only on
+    the model's file sizes, so a rerun cuts files the same way and resumes their journals.
+    """
+    share = workers * size // max(total, 1)
+    count = max(1, min(share, -(-size // MIN_CHUNK)))
+    mib = 1 << 20
+    return max(mib, -(-size // count // mib) * mib)
+
+
+def _journal_chunk_size(journal: Path, file: RemoteFile) -> int | None:
+    """The range size an earlier run used for this file, so its journal stays valid."""
+    try:
+        with open(journal, encoding="ascii", errors="replace") as f:
+            header = f.readline().split()
+    except OSError:
+        return None
+    if header[:2] != ["v1", str(file.size)] or header[3:] != [file.digest.hex]:
+        return None
+    with contextlib.suppress(ValueError):
+        first = int(header[2])
+        return first if first > 0 else None
+    return None
+
+
 class _Job:
     """One file (by content) being assembled in staging."""
 
@@ -120,6 +149,7 @@ class _Job:
         self.journal = part.with_name(part.name + JOURNAL_SUFFIX)
         self.finals = finals
         size = file.size
+        chunk_size = _journal_chunk_size(self.journal, file) or chunk_size
         self.chunks = [(s, min(s + chunk_size, size)) for s in range(0, size, chunk_size)]
         self.written = [0] * len(self.chunks)
         self.fd: int | None = None
@@ -246,6 +276,7 @@ class Transfer:
         self._stop = threading.Event()
         self._local = threading.local()
         self._dirs: set[Path] = set()
+        self._model_bytes = 0
         self._log = log.get()
 
     # -- planning ------------------------------------------------------------------
@@ -300,6 +331,7 @@ class Transfer:
             for p in group:
                 if not self._present(p):
                     self._link(have, p.final)
+        self._model_bytes = sum(g[0].file.size for g in groups.values())
         self.progress.files_total = len(groups)
         self.progress.files_done = len(groups) - len(todo)
         self.progress.total = sum(g[0].file.size for g in groups.values())
@@ -326,8 +358,18 @@ class Transfer:
             self._stop.set()
             reporter.join(timeout=1)
 
+    def _chunk_size(self, size: int) -> int:
+        if self.opts.chunk_size:
+            return self.opts.chunk_size
+        return auto_chunk_size(size, self._model_bytes, self.opts.max_workers)
+
     def _round(self, groups: list[list[Placement]]) -> list[_Job]:
-        jobs = [_Job(g[0].file, g[0].part, [p.final for p in g], self.opts.chunk_size) for g in groups]
+        # Largest first: the longest streams start at once and small files fill in around them.
+        ordered = sorted(groups, key=lambda g: -g[0].file.size)
+        jobs = [
+            _Job(g[0].file, g[0].part, [p.final for p in g], self._chunk_size(g[0].file.size))
+            for g in ordered
+        ]
         failed: list[_Job] = []
         failed_lock = threading.Lock()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -23,13 +23,16 @@ from agent.errors import (
 )
 from agent.integrity import GIT_SHA1, SHA256, Digest, safe_relpath
 from agent.manifest import RemoteFile, public_endpoint
-from agent.sources import Snapshot
+from agent.sources import Block, Snapshot
+from agent.sources.ranged import RangedReader, proxied
 from agent.spec import COMMIT_RE, ModelSpec
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_FILE_SIZE = 1 << 40  # 1 TiB: far beyond any real shard; larger is a hostile listing
 MAX_LISTING_ENTRIES = 200_000
 MAX_LISTING_PAGES = 1_000
+MAX_REDIRECTS = 10
+SMALL_FILE = 8 << 20  # fetched in one request through the resolver; larger ones from their final URL
 _CDN_EXPIRED = {403, 404, 410}
 
 
@@ -54,8 +57,8 @@ def default_token(token_file: str | None) -> str | None:
     return get_token()
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
     if value:
         try:
             return max(0.0, float(value))
@@ -67,7 +70,7 @@ def _retry_after(response: httpx.Response) -> float | None:
             except (TypeError, ValueError):
                 pass
     # The hub's IETF RateLimit header: `"resolvers";r=0;t=55` (t = seconds until reset).
-    for part in response.headers.get("RateLimit", "").split(";"):
+    for part in headers.get("RateLimit", "").split(";"):
         key, _, val = part.strip().partition("=")
         if key == "t" and val.isdigit():
             return float(val)
@@ -95,25 +98,27 @@ class HubSource:
         self._origin = (parts.scheme, parts.netloc)
         self._token = token
         log.register_secret(token)
+        headers = {"User-Agent": f"model-cache-preloader/{__version__}", "Accept-Encoding": "identity"}
+        ssl_context = httpx.create_ssl_context(trust_env=True)
         self._client = httpx.Client(
             timeout=httpx.Timeout(connect_timeout, read=read_timeout, write=read_timeout, pool=None),
             limits=httpx.Limits(
                 max_connections=max_connections + 4, max_keepalive_connections=max_connections + 4
             ),
-            headers={
-                "User-Agent": f"model-cache-preloader/{__version__}",
-                "Accept-Encoding": "identity",
-            },
+            headers=headers,
             follow_redirects=True,
-            max_redirects=10,
+            max_redirects=MAX_REDIRECTS,
+            verify=ssl_context,
             trust_env=True,
         )
+        self._ranged = RangedReader(ssl_context, connect_timeout, read_timeout, headers)
         self._direct: dict[str, str] = {}
         self._direct_lock = threading.Lock()
 
     def close(self) -> None:
         """Close pooled connections."""
         self._client.close()
+        self._ranged.close()
 
     # -- requests -----------------------------------------------------------------
 
@@ -124,12 +129,14 @@ class HubSource:
         return {}
 
     def _raise_for(self, response: httpx.Response, what: str, repo: str) -> None:
-        status = response.status_code
+        self._raise_for_status(response.status_code, response.headers, what, repo)
+
+    def _raise_for_status(self, status: int, headers: Mapping[str, str], what: str, repo: str) -> None:
         if status < 400:
             return
-        code = response.headers.get("X-Error-Code", "")
+        code = headers.get("X-Error-Code", "")
         if status in (408, 429) or status >= 500:
-            raise TransientError(f"{what}: HTTP {status}", retry_after=_retry_after(response))
+            raise TransientError(f"{what}: HTTP {status}", retry_after=_retry_after(headers))
         page = f"{self.endpoint}/{repo}"
         if code == "GatedRepo":
             raise GatedRepoError(
@@ -218,14 +225,20 @@ class HubSource:
             if key in self._direct:
                 return self._direct[key]
             url = self._resolve_url(spec, commit, file)
-            try:
-                response = self._client.head(url, headers=self._headers(url), follow_redirects=False)
-            except httpx.TransportError as exc:
-                raise TransientError(f"resolving {file.path}: {type(exc).__name__}: {exc}") from exc
-            self._raise_for(response, f"resolving {file.path}", spec.repo)
-            location = response.headers.get("Location") if response.is_redirect else None
-            self._direct[key] = urljoin(url, location) if location else url
-            return self._direct[key]
+            what = f"resolving {file.path}"
+            # Hop by hop (HEAD, no body): the last URL is the one that serves the bytes.
+            for _ in range(MAX_REDIRECTS + 1):
+                try:
+                    response = self._client.head(url, headers=self._headers(url), follow_redirects=False)
+                except httpx.TransportError as exc:
+                    raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                self._raise_for(response, what, spec.repo)
+                location = response.headers.get("Location") if response.is_redirect else None
+                if not location:
+                    self._direct[key] = url
+                    return url
+                url = urljoin(url, location)
+            raise PreloadError(f"{what}: too many redirects (redirect loop?)")
 
     def forget_direct_url(self, spec: ModelSpec, commit: str, file: RemoteFile) -> None:
         """Drop a cached CDN URL (it may have expired)."""
@@ -235,9 +248,13 @@ class HubSource:
     @contextmanager
     def open_range(
         self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
-    ) -> Iterator[Iterator[bytes]]:
-        """Stream [start, end) of a file; a whole small file goes through the resolver."""
-        whole = start == 0 and end == file.size
+    ) -> Iterator[Iterator[Block]]:
+        """Stream [start, end) of a file; a whole small file goes through the resolver.
+
+        Ranges go straight to the file's final (CDN) URL and, unless a proxy is configured,
+        are read with the lean body reader.
+        """
+        whole = start == 0 and end == file.size and file.size <= SMALL_FILE
         url = (
             self._resolve_url(spec, snap.commit, file) if whole else self.direct_url(spec, snap.commit, file)
         )
@@ -245,17 +262,29 @@ class HubSource:
         if not whole:
             headers["Range"] = f"bytes={start}-{end - 1}"
         what = f"downloading {file.path}"
+        resolver = whole or url == self._resolve_url(spec, snap.commit, file)
+
+        def check(status: int, reply_headers: Mapping[str, str]) -> int:
+            if not resolver and status in _CDN_EXPIRED:
+                self.forget_direct_url(spec, snap.commit, file)
+                raise TransientError(f"{what}: CDN answered {status}; re-resolving")
+            self._raise_for_status(status, reply_headers, what, spec.repo)
+            return _range_skip(status, reply_headers, start, file.size, what)
+
+        if not whole and not proxied(url):
+            for _ in range(MAX_REDIRECTS + 1):
+                with self._ranged.get(url, headers, what) as (reply, body):
+                    location = reply.headers.get("Location") if reply.status in _REDIRECTS else None
+                    if location is None:
+                        skip = check(reply.status, reply.headers)
+                        yield body.blocks(skip, end - start)
+                        return
+                url = urljoin(url, location)
+                headers = {**self._headers(url), "Range": headers["Range"]}
+            raise PreloadError(f"{what}: too many redirects (redirect loop?)")
         try:
             with self._client.stream("GET", url, headers=headers) as response:
-                if (
-                    not whole
-                    and response.status_code in _CDN_EXPIRED
-                    and url != self._resolve_url(spec, snap.commit, file)
-                ):
-                    self.forget_direct_url(spec, snap.commit, file)
-                    raise TransientError(f"{what}: CDN answered {response.status_code}; re-resolving")
-                self._raise_for(response, what, spec.repo)
-                skip = _range_skip(response, start, end, file.size, what)
+                skip = check(response.status_code, response.headers)
                 yield _body(response, skip, end - start, what)
         except httpx.TooManyRedirects as exc:
             raise PreloadError(f"{what}: too many redirects (redirect loop?)") from exc
@@ -263,10 +292,13 @@ class HubSource:
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-def _range_skip(response: httpx.Response, start: int, end: int, size: int, what: str) -> int:
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+def _range_skip(status: int, headers: Mapping[str, str], start: int, size: int, what: str) -> int:
     """How many leading body bytes to drop: a server that ignores Range sends from zero."""
-    if response.status_code == 206:
-        content_range = response.headers.get("Content-Range", "")
+    if status == 206:
+        content_range = headers.get("Content-Range", "")
         try:
             unit, _, spec = content_range.partition(" ")
             first = int(spec.split("-", 1)[0])
@@ -275,12 +307,12 @@ def _range_skip(response: httpx.Response, start: int, end: int, size: int, what:
         if unit != "bytes" or first != start:
             raise TransientError(f"{what}: asked for byte {start}, got {content_range!r}")
         return 0
-    if response.status_code == 200:
-        length = response.headers.get("Content-Length")
+    if status == 200:
+        length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) != size:
             raise TransientError(f"{what}: server sent {length} bytes for a {size}-byte file")
         return start
-    raise TransientError(f"{what}: unexpected HTTP {response.status_code}")
+    raise TransientError(f"{what}: unexpected HTTP {status}")
 
 
 def _body(response: httpx.Response, skip: int, want: int, what: str) -> Iterator[bytes]:
