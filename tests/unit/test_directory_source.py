@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -212,3 +214,59 @@ def test_factories_give_directories_the_hub_only_when_listed(tmp_path: Path) -> 
     first = with_hub[0]()
     assert isinstance(first, DirectorySource) and first._hub is hub
     assert with_hub[1] is hub
+
+
+def _read_range(source: DirectorySource, start: int, end: int, name: str = "big.safetensors") -> bytes:
+    spec = ModelSpec(REPO)
+    snap = source.snapshot(spec)
+    file = next(f for f in snap.files if f.path == name)
+    with source.open_range(spec, snap, file, start, end) as blocks:
+        return b"".join(bytes(b) for b in blocks)
+
+
+def _spy_reads(monkeypatch: pytest.MonkeyPatch, refuse_direct: bool = False) -> list[tuple[int, bool]]:
+    """Record (offset, O_DIRECT on?) for every source read; optionally refuse direct ones (EINVAL)."""
+    from agent.sources import directory
+
+    real = os.preadv
+    reads: list[tuple[int, bool]] = []
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & directory._O_DIRECT)
+        reads.append((offset, direct))
+        if direct and refuse_direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(directory.os, "preadv", preadv)
+    return reads
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, None), (12345, None), (4096, 5_000_001), (1, 2)])
+def test_large_reads_are_direct_and_byte_exact_at_any_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: int, end: int | None
+) -> None:
+    """Large ranges are read with O_DIRECT (page cache untouched), small ones buffered; all exact."""
+    data = os.urandom(9 * (1 << 20) + 777)
+    src = plain_source(tmp_path / "src", {**FILES, "big.safetensors": data})
+    stop = len(data) if end is None else end
+    reads = _spy_reads(monkeypatch)
+    assert _read_range(DirectorySource(src), start, stop) == data[start:stop]
+    from agent.sources.directory import DIRECT_MIN
+
+    if stop - start >= DIRECT_MIN:
+        assert all(direct for _, direct in reads) and reads[0][0] == start - start % 4096
+    else:
+        assert reads == [(start, False)]
+
+
+def test_read_falls_back_when_the_filesystem_refuses_direct_io(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EINVAL from a direct read (some FUSE and network filesystems) switches to buffered reads."""
+    data = os.urandom(6 * (1 << 20) + 3)
+    src = plain_source(tmp_path / "src", {**FILES, "big.safetensors": data})
+    reads = _spy_reads(monkeypatch, refuse_direct=True)
+    assert _read_range(DirectorySource(src), 4097, len(data)) == data[4097:]
+    assert reads[0] == (4096, True) and reads[1] == (4097, False)
+    assert not any(direct for _, direct in reads[1:])
