@@ -1,9 +1,11 @@
 """Parallel, ranged, resumable fetching with hashing as bytes arrive.
 
-A file is cut into chunks fetched over several connections at once. Each chunk's
-progress is journaled every JOURNAL_EVERY bytes, so a killed process loses at most
-that much per connection. A one-chunk file is hashed in memory as it streams; a
-multi-chunk file is hashed from the page cache right behind the writers, in order.
+A file is cut into chunks. Each file starts as one sequential stream, chunk after chunk,
+hashed in memory as it arrives. When more connections raise the rate (a CDN capping
+single streams), idle workers take chunks from the far end of the files (`_Splitter`);
+those are hashed by reading them back once the hash frontier reaches them. Each chunk's
+progress is journaled every JOURNAL_EVERY bytes, so a killed process loses little per
+connection. Large files are written with O_DIRECT: the page cache is never filled.
 Only a file whose hash matches is renamed into place.
 """
 
@@ -27,7 +29,7 @@ from typing import cast
 
 from agent import crashpoints, log, retry
 from agent.errors import DeadlineExceeded, DiskSpaceError, IntegrityError, PreloadError
-from agent.integrity import STREAM_BLOCK, Hasher, hash_file
+from agent.integrity import STREAM_BLOCK, Hasher
 from agent.manifest import RemoteFile
 from agent.sources import Block, Snapshot, Source
 from agent.spec import ModelSpec
@@ -39,7 +41,7 @@ MIN_CHUNK = 32 << 20  # below this a range costs more in requests than it gains 
 DROP_LAG = 64 << 20  # pages this far behind the writer have likely been written back
 DIRECT_MIN = 4 << 20  # files from this size are written with O_DIRECT
 DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT I/O
-DIRECT_FLUSH = 1 << 20  # per write: large enough for the disk, small enough that a kill loses little
+DIRECT_FLUSH = 512 << 10  # per write: large enough for the disk, small enough that a kill loses little
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -120,11 +122,11 @@ class Progress:
 
 
 def auto_chunk_size(size: int, total: int, workers: int) -> int:
-    """Split a file by its share of the connections: the files together get about `workers` ranges.
+    """Cut a file by its share of the connections: the files together get about `workers` chunks.
 
-    A file whose share is under one connection streams whole (hashed in memory, no read-back);
-    few, large ranges keep writers of one file from queueing on its inode lock. Depends only on
-    the model's file sizes, so a rerun cuts files the same way and resumes their journals.
+    Chunks are the units helpers can take when a file is split (and one request each for the
+    sequential stream); a file whose share is under one connection is one chunk. Depends only
+    on the model's file sizes, so a rerun cuts files the same way and resumes their journals.
     """
     share = workers * size // max(total, 1)
     count = max(1, min(share, -(-size // MIN_CHUNK)))
@@ -164,7 +166,8 @@ class _Job:
         self.direct_ok = True
         self.jfd: int | None = None
         self.hasher: Hasher = file.digest.hasher(size)
-        self.hashed = 0  # chunks folded into the hasher
+        self.hash_pos = 0  # bytes folded into the hasher, in order
+        self.claimed = [False] * len(self.chunks)  # chunks a worker has taken
         self.finished = 0
         self.lock = threading.Lock()
         self.hash_lock = threading.Lock()
@@ -174,11 +177,14 @@ class _Job:
     def journaled(self) -> bool:
         return self.file.size > JOURNAL_EVERY
 
-    def open(self, direct: bool = False) -> None:
-        """Open (or resume) the part file; idempotent."""
+    def open(self, direct: bool = False) -> bool:
+        """Open (or resume) the part file; idempotent. False once the file is finished (published):
+        a worker arriving late must not recreate it."""
         with self.lock:
+            if self.finished:
+                return False
             if self.fd is not None:
-                return
+                return True
             self.part.parent.mkdir(parents=True, exist_ok=True)
             header = f"v1 {self.file.size} {self.chunks[0][1] if self.chunks else 0} {self.file.digest.hex}\n"
             resumable = self.journaled and self.part.exists() and self._load_journal(header)
@@ -204,9 +210,7 @@ class _Job:
                 if not resumable:
                     os.write(self.jfd, header.encode())
             self.resumed = sum(self.written)
-            if len(self.chunks) == 1 and self.written[0]:
-                # Whole-file streams hash in memory; re-read the part we kept.
-                self.hasher = hash_file(self.part, self.file.digest.algo, self.file.size, self.written[0])
+            return True
 
     def _load_journal(self, header: str) -> bool:
         try:
@@ -225,6 +229,35 @@ class _Job:
                 start, end = self.chunks[idx]
                 self.written[idx] = max(self.written[idx], min(n, end - start))
         return True
+
+    def claim_next(self) -> int | None:
+        """The first chunk nobody has taken (the file's sequential stream)."""
+        with self.lock:
+            idx = next((i for i, taken in enumerate(self.claimed) if not taken), None)
+            if idx is not None:
+                self.claimed[idx] = True
+            return idx
+
+    def _complete(self, idx: int) -> bool:
+        start, end = self.chunks[idx]
+        return self.written[idx] >= end - start
+
+    def claim_last(self) -> int | None:
+        """The last chunk nobody has taken, if the sequential stream has already started
+        (a helper works from the far end so the stream keeps hashing in memory)."""
+        with self.lock:
+            if not self.claimed or not self.claimed[0]:
+                return None
+            free = [i for i, taken in enumerate(self.claimed) if not taken and not self._complete(i)]
+            idx = free[-1] if free else None
+            if idx is not None:
+                self.claimed[idx] = True
+            return idx
+
+    def unclaimed_bytes(self) -> int:
+        """Bytes in chunks nobody has taken yet."""
+        with self.lock:
+            return sum(e - s - self.written[i] for i, (s, e) in enumerate(self.chunks) if not self.claimed[i])
 
     def record(self, idx: int) -> None:
         """Journal how far chunk `idx` has got."""
@@ -252,7 +285,7 @@ def _drop_behind(job: _Job, pos: int) -> None:
 
     DONTNEED writes dirty pages back asynchronously and discards the clean ones, so the
     page cache a one-pass copy holds stays bounded instead of growing to the file's size.
-    Only whole-file streams use this: ranged files are hashed from the page cache later.
+    Only one-chunk files written through the page cache use this: chunked ones may be read back.
     Called each time the writer crosses a DROP_LAG boundary; the window two boundaries back
     (already asked to write back last time) is the one dropped.
     """
@@ -260,6 +293,65 @@ def _drop_behind(job: _Job, pos: int) -> None:
     window = (pos // DROP_LAG - 2) * DROP_LAG
     if window >= 0:
         os.posix_fadvise(job.fd, window, 2 * DROP_LAG, os.POSIX_FADV_DONTNEED)
+
+
+SPLIT_TICK = 0.5  # seconds between looks at whether more connections would help
+SPLIT_GAIN = 1.25  # the rate must rise this much after a round of helpers to add another
+
+
+class _Splitter:
+    """Adds ranged connections to files only while that raises the transfer's rate.
+
+    Every file starts as one sequential stream, hashed in memory as it arrives. Where the
+    rate is limited per connection (a CDN capping single streams), idle workers take chunks
+    from the far end of the files with the most left, doubling the connections each tick
+    while the rate keeps rising. Where the link, disk or CPU is the limit, more connections
+    would only cost read-back hashing, so the first round that does not help ends the
+    splitting for this transfer.
+    """
+
+    def __init__(self, max_workers: int, progress: Progress) -> None:
+        self.max = max_workers
+        self.progress = progress
+        self.growing = True
+        self._reset()
+
+    def _reset(self) -> None:
+        self.mark = (time.monotonic(), self.progress.fetched)
+        self.warm = False  # the first tick after a reset covers connection set-up: not a rate
+        self.last_rate: float | None = None
+
+    def helpers(self, jobs: list[_Job], running: int) -> list[tuple[_Job, int]]:
+        """The chunks to start now (already claimed for the caller)."""
+        if not self.growing:
+            return []
+        if running >= self.max:
+            self._reset()  # every worker is busy: measure afresh once one frees up
+            return []
+        now, fetched = time.monotonic(), self.progress.fetched
+        elapsed = now - self.mark[0]
+        if elapsed < SPLIT_TICK:
+            return []
+        rate = (fetched - self.mark[1]) / elapsed
+        self.mark = (now, fetched)
+        if not self.warm:
+            self.warm = True
+            return []
+        if self.last_rate is not None and rate < self.last_rate * SPLIT_GAIN:
+            self.growing = False
+            return []
+        self.last_rate = rate
+        picks: list[tuple[_Job, int]] = []
+        for _ in range(min(self.max - running, max(running, 1))):
+            candidates = [j for j in jobs if j.unclaimed_bytes() > 0]
+            if not candidates:
+                break
+            job = max(candidates, key=lambda j: j.unclaimed_bytes())
+            idx = job.claim_last()
+            if idx is None:
+                break
+            picks.append((job, idx))
+        return picks
 
 
 def _same_size(path: Path | None, size: int) -> Path | None:
@@ -385,26 +477,36 @@ class Transfer:
         failed: list[_Job] = []
         failed_lock = threading.Lock()
 
-        def task(job: _Job, idx: int) -> None:
+        def task(job: _Job, idx: int | None) -> None:
             try:
-                self._chunk(job, idx)
+                if idx is not None:
+                    self._chunk(job, idx)
+                elif not job.chunks:
+                    self._chunk(job, -1)
+                else:  # the file's sequential stream: chunk after chunk until a helper's
+                    while (nxt := job.claim_next()) is not None:
+                        self._chunk(job, nxt)
             except IntegrityError:
                 job.discard()
                 with failed_lock:
                     if job not in failed:
                         failed.append(job)
 
+        futures: list[Future[None]] = []
         with ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool:
-            futures: list[Future[None]] = []
-            for job in jobs:
-                if not job.chunks:
-                    futures.append(pool.submit(task, job, -1))
-                futures.extend(pool.submit(task, job, i) for i in range(len(job.chunks)))
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            if any(f.exception() is not None for f in done):
-                self._stop.set()
-                for f in pending:
-                    f.cancel()
+            futures += [pool.submit(task, job, None) for job in jobs]
+            split = _Splitter(self.opts.max_workers, self.progress)
+            pending: set[Future[None]] = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=SPLIT_TICK, return_when=FIRST_EXCEPTION)
+                if any(f.exception() is not None for f in done):
+                    self._stop.set()
+                    for f in pending:
+                        f.cancel()
+                    break
+                for job, idx in split.helpers(jobs, len(pending)):
+                    futures.append(pool.submit(task, job, idx))
+                    pending.add(futures[-1])
         errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
         # The first real cause, not the Cancelled it triggered in the other workers.
         error = next((e for e in errors if not isinstance(e, Cancelled)), errors[0] if errors else None)
@@ -427,9 +529,9 @@ class Transfer:
         if idx < 0:  # an empty file
             self._finish(job)
             return
-        job.open(self.opts.direct_io)
+        if not job.open(self.opts.direct_io):
+            return  # finished meanwhile (this chunk was already complete)
         start, end = job.chunks[idx]
-        single = len(job.chunks) == 1
         self.progress.resumed(job.written[idx])
 
         def attempt() -> None:
@@ -439,21 +541,37 @@ class Transfer:
                 return
             with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
                 if job.dfd is not None and pos % DIRECT_ALIGN == 0:
-                    self._stream_direct(job, idx, stream, pos, single)
+                    self._stream_direct(job, idx, stream, pos)
                 else:
-                    self._stream_buffered(job, idx, stream, pos, single)
+                    self._stream_buffered(job, idx, stream, pos)
             job.record(idx)
 
         retry.call(attempt, self.opts.retry, what=f"{job.file.path}[{idx}]")
-        if single:
-            self._finish(job)
-        else:
-            self._advance_hash(job)
+        self._advance_hash(job)
 
-    def _landed(self, job: _Job, idx: int, block: Block, end: int, since_journal: int, single: bool) -> int:
+    def _hash_in_memory(self, job: _Job, idx: int, block: Block, pos: int) -> None:
+        """Fold a just-written block at `pos` into the hash if the hash frontier is in this chunk.
+
+        Bytes of this chunk written before the frontier arrived (an earlier run, or while
+        earlier chunks finished) are read back first; from then on the chunk's writer hashes
+        what it receives, and nothing is read twice. If another thread holds the hash, the
+        block is left to the read-back when its chunk completes.
+        """
+        start = job.chunks[idx][0]
+        if not start <= job.hash_pos <= pos or not job.hash_lock.acquire(blocking=False):
+            return
+        try:
+            if start <= job.hash_pos <= pos:
+                if job.hash_pos < pos:
+                    self._hash_range(job, job.hash_pos, pos)
+                job.hasher.update(block)
+                job.hash_pos = pos + len(block)
+        finally:
+            job.hash_lock.release()
+
+    def _landed(self, job: _Job, idx: int, block: Block, end: int, since_journal: int) -> int:
         """Account for a block now written, ending at `end`; returns bytes not yet journaled."""
-        if single:
-            job.hasher.update(block)
+        self._hash_in_memory(job, idx, block, end - len(block))
         job.written[idx] = end - job.chunks[idx][0]
         self.progress.add(len(block))
         since_journal += len(block)
@@ -462,7 +580,7 @@ class Transfer:
             return 0
         return since_journal
 
-    def _stream_buffered(self, job: _Job, idx: int, stream: Iterable[Block], pos: int, single: bool) -> None:
+    def _stream_buffered(self, job: _Job, idx: int, stream: Iterable[Block], pos: int) -> None:
         """Write each block as it comes, through the page cache."""
         since_journal = 0
         for block in stream:
@@ -471,11 +589,12 @@ class Transfer:
             pos += len(block)
             if since_journal + len(block) >= JOURNAL_EVERY:
                 start_writeback(job.fd, pos - since_journal - len(block), since_journal + len(block))
-            since_journal = self._landed(job, idx, block, pos, since_journal, single)
-            if single and self.opts.drop_cache and pos // DROP_LAG != (pos - len(block)) // DROP_LAG:
+            since_journal = self._landed(job, idx, block, pos, since_journal)
+            crossed = pos // DROP_LAG != (pos - len(block)) // DROP_LAG
+            if len(job.chunks) == 1 and self.opts.drop_cache and crossed:
                 _drop_behind(job, pos)
 
-    def _stream_direct(self, job: _Job, idx: int, stream: Iterable[Block], pos: int, single: bool) -> None:
+    def _stream_direct(self, job: _Job, idx: int, stream: Iterable[Block], pos: int) -> None:
         """Gather blocks in an aligned buffer and write it with O_DIRECT when full.
 
         The page cache is never touched: no fresh pages to allocate (most of a buffered
@@ -483,7 +602,7 @@ class Transfer:
         is written counts as done (hash, journal, progress), so a retry resumes at an aligned
         offset. A file's unaligned tail goes through the page cache.
         """
-        stage = self._buffer()[:DIRECT_FLUSH]
+        stage = self._buffer("stage", DIRECT_FLUSH)
         fill = since_journal = 0
         for block in stream:
             self._check()
@@ -495,7 +614,7 @@ class Transfer:
                 if fill == len(stage):
                     self._write(job, stage, pos, direct=True)
                     pos += fill
-                    since_journal = self._landed(job, idx, stage, pos, since_journal, single)
+                    since_journal = self._landed(job, idx, stage, pos, since_journal)
                     fill = 0
         if fill:
             aligned = fill - fill % DIRECT_ALIGN
@@ -503,14 +622,16 @@ class Transfer:
                 self._write(job, stage[:aligned], pos, direct=True)
             if fill > aligned:
                 self._write(job, stage[aligned:fill], pos + aligned)
-            self._landed(job, idx, stage[:fill], pos + fill, since_journal, single)
+            self._landed(job, idx, stage[:fill], pos + fill, since_journal)
 
-    def _buffer(self) -> memoryview:
-        """This thread's page-aligned buffer (anonymous mmap), as O_DIRECT needs; reused because a
-        fresh buffer per use costs page faults and fragments the heap."""
-        buf: memoryview | None = getattr(self._local, "buf", None)
+    def _buffer(self, use: str, size: int) -> memoryview:
+        """This thread's page-aligned buffer (anonymous mmap, as O_DIRECT needs) for one use:
+        staging writes or reading back (a catch-up read-back happens while a block is staged).
+        Reused, because a fresh buffer per use costs page faults and fragments the heap."""
+        buf: memoryview | None = getattr(self._local, use, None)
         if buf is None:
-            buf = self._local.buf = memoryview(mmap.mmap(-1, STREAM_BLOCK))
+            buf = memoryview(mmap.mmap(-1, size))
+            setattr(self._local, use, buf)
         return buf
 
     def _write(self, job: _Job, block: Block, pos: int, direct: bool = False) -> None:
@@ -532,18 +653,16 @@ class Transfer:
             raise PreloadError(f"cannot write {job.part}: {exc.strerror}") from exc
 
     def _advance_hash(self, job: _Job) -> None:
-        """Fold finished chunks into the hash in order; whoever holds the hash lock does the work."""
+        """Read back completed chunks at the hash frontier, in order, and publish the file once
+        it is all hashed; whoever holds the hash lock does the work."""
         while True:
             if not job.hash_lock.acquire(blocking=False):
                 return
             try:
-                while job.hashed < len(job.chunks):
-                    s, e = job.chunks[job.hashed]
-                    if job.written[job.hashed] < e - s:
-                        break
-                    self._hash_range(job, s, e)
-                    job.hashed += 1
-                complete = job.hashed == len(job.chunks)
+                while (span := self._hashable(job)) is not None:
+                    self._hash_range(job, job.hash_pos, span)
+                    job.hash_pos = span
+                complete = job.hash_pos >= job.file.size
             finally:
                 job.hash_lock.release()
             if complete:
@@ -553,15 +672,23 @@ class Transfer:
                     job.finished = 1
                 self._finish(job)
                 return
-            s, e = job.chunks[job.hashed]
-            if job.written[job.hashed] < e - s:
-                return  # the worker finishing that chunk will come back here
+            if self._hashable(job) is None:
+                return  # the worker completing the frontier chunk will come back here
+
+    @staticmethod
+    def _hashable(job: _Job) -> int | None:
+        """The end of the completed chunk holding the hash frontier, if it is complete."""
+        if job.hash_pos >= job.file.size:
+            return None
+        idx = next(i for i, (s, e) in enumerate(job.chunks) if s <= job.hash_pos < e)
+        s, e = job.chunks[idx]
+        return e if job.written[idx] >= e - s else None
 
     def _hash_range(self, job: _Job, start: int, end: int) -> None:
         """Hash a finished range from the part file: with O_DIRECT when it was written that way
         (its pages are not in the page cache, and a buffered read would allocate them)."""
         assert job.fd is not None
-        buf = self._buffer()
+        buf = self._buffer("read", STREAM_BLOCK)
         direct = job.dfd is not None and job.direct_ok and start % DIRECT_ALIGN == 0
         pos = start
         while pos < end:
@@ -596,7 +723,8 @@ class Transfer:
                 got=got,
             )
             raise IntegrityError(f"{job.file.path}: {job.file.digest.algo} mismatch")
-        job.open(self.opts.direct_io)  # empty files have not been opened yet
+        if job.fd is None and not job.open(self.opts.direct_io):  # empty files are opened here
+            return
         assert job.fd is not None
         os.fdatasync(job.fd)
         if self.opts.drop_cache:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from agent.errors import TransientError
 
-BODY_BUFFER = 1 << 20  # large enough that a read returns whatever the socket holds; small per thread
+BODY_BUFFER = 256 << 10  # readinto fills it before returning: bytes held here are lost to a kill
 MAX_IDLE_PER_ORIGIN = 32
 
 Origin = tuple[str, str, int]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -447,3 +448,23 @@ def test_read_only_destination_is_a_usage_error(
         assert r.code == 2, r.stderr
         assert "not writable" in r.event("failed")["error"]
         assert hub.requests() == []
+
+
+def test_capped_streams_get_more_connections_and_each_byte_once(
+    hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
+) -> None:
+    """A CDN capping each connection: the file is split into more ranged streams; nothing is fetched twice."""
+    repo = big_repo(tmp_path, mib=64)
+    hub = hub_factory([repo], cdn_rate_limit_bps=8 << 20)
+    dest = tmp_path / "cache"
+    args = ("--model", "big-org/big-model", "--dest", str(dest), "--max-workers", "8", "--chunk-size", "8MiB")
+    r = run_preload(*args, env={"HF_ENDPOINT": hub.url})
+    assert r.code == 0, r.stderr
+    blob = repo.files()["model.safetensors"]
+    gets = hub.requests(kind="cdn", method="GET", path=blob.sha256)
+    edges = sorted([(rec.started, 1) for rec in gets] + [(rec.finished, -1) for rec in gets])
+    concurrent = max(itertools.accumulate(step for _, step in edges))
+    assert concurrent >= 3, f"one 8 MiB/s stream would take 8 s; at most {concurrent} ran at once"
+    assert sum(rec.bytes_sent for rec in gets) == blob.size
+    starts = sorted(int((rec.range or "bytes=0-").removeprefix("bytes=").split("-")[0]) for rec in gets)
+    assert starts[0] == 0 and len(set(starts)) == len(starts)

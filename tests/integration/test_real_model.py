@@ -50,5 +50,4 @@ def test_minilm_preloads_and_loads_offline_with_real_consumers(
     lfs = hub.requests(kind="cdn")
     weights = repo.files()["model.safetensors"]
     assert {rec.path.rsplit("/", 1)[-1] for rec in lfs} == {weights.sha256}
-    assert len(lfs) > 1, "a 91 MB file is fetched over several ranged connections"
     assert sum(rec.bytes_sent for rec in lfs) == weights.size
