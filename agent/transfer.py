@@ -5,7 +5,8 @@ hashed in memory as it arrives. When more connections raise the rate (a CDN capp
 single streams), idle workers take chunks from the far end of the files (`_Splitter`);
 those are hashed by reading them back once the hash frontier reaches them. Each chunk's
 progress is journaled every JOURNAL_EVERY bytes, so a killed process loses little per
-connection. Large files are written with O_DIRECT: the page cache is never filled.
+connection. Sequential streams of large files are written with O_DIRECT (the page cache
+is not filled); helpers' chunks go through the page cache, where the read-back finds them.
 Only a file whose hash matches is renamed into place.
 """
 
@@ -168,6 +169,7 @@ class _Job:
         self.hasher: Hasher = file.digest.hasher(size)
         self.hash_pos = 0  # bytes folded into the hasher, in order
         self.claimed = [False] * len(self.chunks)  # chunks a worker has taken
+        self.cached: set[int] = set()  # chunks written through the page cache by this process
         self.finished = 0
         self.lock = threading.Lock()
         self.hash_lock = threading.Lock()
@@ -295,8 +297,8 @@ def _drop_behind(job: _Job, pos: int) -> None:
         os.posix_fadvise(job.fd, window, 2 * DROP_LAG, os.POSIX_FADV_DONTNEED)
 
 
-SPLIT_TICK = 0.5  # seconds between looks at whether more connections would help
-SPLIT_GAIN = 1.25  # the rate must rise this much after a round of helpers to add another
+SPLIT_TICK = 0.3  # seconds between looks at whether more connections would help
+SPLIT_GAIN = 1.5  # doubling the connections must raise the rate this much to double again
 
 
 class _Splitter:
@@ -480,7 +482,7 @@ class Transfer:
         def task(job: _Job, idx: int | None) -> None:
             try:
                 if idx is not None:
-                    self._chunk(job, idx)
+                    self._chunk(job, idx, sequential=False)
                 elif not job.chunks:
                     self._chunk(job, -1)
                 else:  # the file's sequential stream: chunk after chunk until a helper's
@@ -524,7 +526,9 @@ class Transfer:
         if self.opts.deadline is not None and time.monotonic() > self.opts.deadline:
             raise DeadlineExceeded("timed out before the transfer finished")
 
-    def _chunk(self, job: _Job, idx: int) -> None:
+    def _chunk(self, job: _Job, idx: int, sequential: bool = True) -> None:
+        """Fetch one chunk. The sequential stream writes with O_DIRECT (it hashes in memory); a
+        helper's chunk goes through the page cache, where the read-back hashing finds it soon."""
         self._check()
         if idx < 0:  # an empty file
             self._finish(job)
@@ -540,9 +544,10 @@ class Transfer:
             if pos >= end:
                 return
             with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
-                if job.dfd is not None and pos % DIRECT_ALIGN == 0:
+                if sequential and job.dfd is not None and pos % DIRECT_ALIGN == 0:
                     self._stream_direct(job, idx, stream, pos)
                 else:
+                    job.cached.add(idx)
                     self._stream_buffered(job, idx, stream, pos)
             job.record(idx)
 
@@ -689,7 +694,8 @@ class Transfer:
         (its pages are not in the page cache, and a buffered read would allocate them)."""
         assert job.fd is not None
         buf = self._buffer("read", STREAM_BLOCK)
-        direct = job.dfd is not None and job.direct_ok and start % DIRECT_ALIGN == 0
+        idx = next(i for i, (s, e) in enumerate(job.chunks) if s <= start < e)
+        direct = job.dfd is not None and job.direct_ok and start % DIRECT_ALIGN == 0 and idx not in job.cached
         pos = start
         while pos < end:
             self._check()
