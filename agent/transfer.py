@@ -5,8 +5,8 @@ hashed in memory as it arrives. When more connections raise the rate (a CDN capp
 single streams), idle workers take chunks from the far end of the files (`_Splitter`);
 those are hashed by reading them back once the hash frontier reaches them. Each chunk's
 progress is journaled every JOURNAL_EVERY bytes, so a killed process loses little per
-connection. Sequential streams of large files are written with O_DIRECT (the page cache
-is not filled); helpers' chunks go through the page cache, where the read-back finds them.
+connection. Large files are written with O_DIRECT and read back the same way: the page
+cache is not filled (on a busy node, allocating it costs more than the disk I/O).
 Only a file whose hash matches is renamed into place.
 """
 
@@ -169,7 +169,6 @@ class _Job:
         self.hasher: Hasher = file.digest.hasher(size)
         self.hash_pos = 0  # bytes folded into the hasher, in order
         self.claimed = [False] * len(self.chunks)  # chunks a worker has taken
-        self.cached: set[int] = set()  # chunks written through the page cache by this process
         self.finished = 0
         self.lock = threading.Lock()
         self.hash_lock = threading.Lock()
@@ -299,6 +298,7 @@ def _drop_behind(job: _Job, pos: int) -> None:
 
 SPLIT_TICK = 0.3  # seconds between looks at whether more connections would help
 SPLIT_GAIN = 1.5  # doubling the connections must raise the rate this much to double again
+SPLIT_PROPORTIONAL = 1.8  # ... and this much to go straight to --max-workers
 
 
 class _Splitter:
@@ -307,9 +307,9 @@ class _Splitter:
     Every file starts as one sequential stream, hashed in memory as it arrives. Where the
     rate is limited per connection (a CDN capping single streams), idle workers take chunks
     from the far end of the files with the most left, doubling the connections each tick
-    while the rate keeps rising. Where the link, disk or CPU is the limit, more connections
-    would only cost read-back hashing, so the first round that does not help ends the
-    splitting for this transfer.
+    while the rate keeps rising (all at once when it rose in proportion). Where the link,
+    disk or CPU is the limit, more connections would only cost read-back hashing, so the
+    first round that does not help ends the splitting for this transfer.
     """
 
     def __init__(self, max_workers: int, progress: Progress) -> None:
@@ -342,9 +342,11 @@ class _Splitter:
         if self.last_rate is not None and rate < self.last_rate * SPLIT_GAIN:
             self.growing = False
             return []
+        # Doubling the connections doubled the rate: a per-connection cap, so take them all now.
+        proportional = self.last_rate is not None and rate >= self.last_rate * SPLIT_PROPORTIONAL
         self.last_rate = rate
         picks: list[tuple[_Job, int]] = []
-        for _ in range(min(self.max - running, max(running, 1))):
+        for _ in range(self.max - running if proportional else min(self.max - running, max(running, 1))):
             candidates = [j for j in jobs if j.unclaimed_bytes() > 0]
             if not candidates:
                 break
@@ -482,7 +484,7 @@ class Transfer:
         def task(job: _Job, idx: int | None) -> None:
             try:
                 if idx is not None:
-                    self._chunk(job, idx, sequential=False)
+                    self._chunk(job, idx)
                 elif not job.chunks:
                     self._chunk(job, -1)
                 else:  # the file's sequential stream: chunk after chunk until a helper's
@@ -526,9 +528,7 @@ class Transfer:
         if self.opts.deadline is not None and time.monotonic() > self.opts.deadline:
             raise DeadlineExceeded("timed out before the transfer finished")
 
-    def _chunk(self, job: _Job, idx: int, sequential: bool = True) -> None:
-        """Fetch one chunk. The sequential stream writes with O_DIRECT (it hashes in memory); a
-        helper's chunk goes through the page cache, where the read-back hashing finds it soon."""
+    def _chunk(self, job: _Job, idx: int) -> None:
         self._check()
         if idx < 0:  # an empty file
             self._finish(job)
@@ -544,10 +544,9 @@ class Transfer:
             if pos >= end:
                 return
             with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
-                if sequential and job.dfd is not None and pos % DIRECT_ALIGN == 0:
+                if job.dfd is not None and pos % DIRECT_ALIGN == 0:
                     self._stream_direct(job, idx, stream, pos)
                 else:
-                    job.cached.add(idx)
                     self._stream_buffered(job, idx, stream, pos)
             job.record(idx)
 
@@ -694,8 +693,7 @@ class Transfer:
         (its pages are not in the page cache, and a buffered read would allocate them)."""
         assert job.fd is not None
         buf = self._buffer("read", STREAM_BLOCK)
-        idx = next(i for i, (s, e) in enumerate(job.chunks) if s <= start < e)
-        direct = job.dfd is not None and job.direct_ok and start % DIRECT_ALIGN == 0 and idx not in job.cached
+        direct = job.dfd is not None and job.direct_ok and start % DIRECT_ALIGN == 0
         pos = start
         while pos < end:
             self._check()

@@ -1057,7 +1057,7 @@ def report(s: Setup, results: dict[str, Any], out_md: Path, out_json: Path) -> N
         "Setup: HubServer (loopback) answers the API and 302-redirects LFS files to nginx (`sendfile on`, "
         "2 workers), which serves `<sha256>` blobs from tmpfs so the origin is never the bottleneck. "
         "Destinations are on the disk; `sync` + `drop_caches` before every run; destinations and "
-        "HF_HOME deleted between runs. preload: defaults (16 workers, 32 MiB chunks), "
+        "HF_HOME deleted between runs. preload: defaults (16 workers, auto chunk size), "
         "`PRELOAD_LOG_FORMAT=json`. hf: `hf download REPO --local-dir X`, `HF_HUB_DISABLE_XET=1`, "
         "progress bars off. Raw numbers, CPU and disk counters per run: `hub.json`.",
     ]
