@@ -43,7 +43,7 @@ test: lint typecheck
 
 # Both benchmarks (root: they drop the page cache); results in bench/results/.
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/bench_hub.py
+	$(BIN)/python bench/bench_hub.py --runs 5
 	$(BIN)/python bench/bench_copy.py
 
 # The full reliability suite (fault injection, kill -9, abuse); rewrites docs/reliability.md.

@@ -69,6 +69,10 @@ def start_writeback(fd: int | None, offset: int, length: int) -> None:
         fn(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
+class _Misaligned(Exception):
+    """An O_DIRECT write refused for the buffer's address (nothing was written)."""
+
+
 class Cancelled(PreloadError):
     """The caller asked us to stop (SIGTERM in the agent)."""
 
@@ -611,6 +615,17 @@ class Transfer:
         for block in stream:
             self._check()
             view = memoryview(block)
+            if not fill and len(view) >= DIRECT_FLUSH and not len(view) % DIRECT_ALIGN:
+                # An aligned source buffer (a directory source's) goes to disk as it is: one
+                # copy less. EINVAL means its address is not aligned: stage it after all.
+                try:
+                    self._write(job, view, pos, direct=True, strict=True)
+                except _Misaligned:
+                    pass
+                else:
+                    pos += len(view)
+                    since_journal = self._landed(job, idx, view, pos, since_journal)
+                    continue
             while view:
                 k = min(len(view), len(stage) - fill)
                 stage[fill : fill + k] = view[:k]
@@ -638,7 +653,7 @@ class Transfer:
             setattr(self._local, use, buf)
         return buf
 
-    def _write(self, job: _Job, block: Block, pos: int, direct: bool = False) -> None:
+    def _write(self, job: _Job, block: Block, pos: int, direct: bool = False, strict: bool = False) -> None:
         fd = job.dfd if direct and job.direct_ok else job.fd
         assert fd is not None
         view = memoryview(block)
@@ -647,6 +662,13 @@ class Transfer:
                 n = os.pwrite(fd, view, pos)
                 view, pos = view[n:], pos + n
         except OSError as exc:
+            if (
+                fd == job.dfd
+                and exc.errno == errno.EINVAL
+                and strict
+                and view.nbytes == memoryview(block).nbytes
+            ):
+                raise _Misaligned from exc
             if fd == job.dfd and exc.errno == errno.EINVAL:
                 # Opened, then refused at write (some FUSE/network filesystems): page cache from now on.
                 job.direct_ok = False
