@@ -150,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of probes and status scrapes from many
+    # pods on the node overflowed it, and the kernel dropped connections.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], status: Status) -> None:
         if ":" in address[0]:
