@@ -89,7 +89,6 @@ class TransferOptions:
     deadline: float | None = None
     cancel: threading.Event | None = None
     drop_cache: bool = False
-    direct_io: bool = True
 
 
 @dataclass
@@ -182,7 +181,7 @@ class _Job:
     def journaled(self) -> bool:
         return self.file.size > JOURNAL_EVERY
 
-    def open(self, direct: bool = False) -> bool:
+    def open(self) -> bool:
         """Open (or resume) the part file; idempotent. False once the file is finished (published):
         a worker arriving late must not recreate it."""
         with self.lock:
@@ -207,7 +206,7 @@ class _Job:
                 if is_no_space(exc):
                     raise DiskSpaceError(f"no space left for {self.file.path} on {self.part.parent}") from exc
                 raise
-            if direct and _O_DIRECT and self.file.size >= DIRECT_MIN:
+            if _O_DIRECT and self.file.size >= DIRECT_MIN:
                 with contextlib.suppress(OSError):  # EINVAL: the filesystem has no direct I/O
                     self.dfd = os.open(self.part, os.O_RDWR | _O_DIRECT)
             if self.journaled:
@@ -537,7 +536,7 @@ class Transfer:
         if idx < 0:  # an empty file
             self._finish(job)
             return
-        if not job.open(self.opts.direct_io):
+        if not job.open():
             return  # finished meanwhile (this chunk was already complete)
         start, end = job.chunks[idx]
         self.progress.resumed(job.written[idx])
@@ -749,7 +748,7 @@ class Transfer:
                 got=got,
             )
             raise IntegrityError(f"{job.file.path}: {job.file.digest.algo} mismatch")
-        if job.fd is None and not job.open(self.opts.direct_io):  # empty files are opened here
+        if job.fd is None and not job.open():  # empty files are opened here
             return
         assert job.fd is not None
         os.fdatasync(job.fd)
