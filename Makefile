@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit integration bench clean reliability
+.PHONY: demo test lint typecheck unit integration bench clean reliability tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,14 @@ unit: $(VENV)/.installed-test
 integration: $(VENV)/.installed-test
 	$(BIN)/pytest -q tests/integration
 
-test: lint typecheck
+# strace: the reliability suite reads the durability order of publish from a real preload's
+# syscalls (row 2b). Installed with apt where missing (root, Debian/Ubuntu: CI and the image).
+tools:
+	@command -v strace >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; } || \
+		echo "warning: strace is missing and could not be installed: reliability row 2b will fail"
+
+test: lint typecheck tools
 	$(BIN)/pytest -q tests
 
 # Both benchmarks (root: they drop the page cache); results in bench/results/.
@@ -47,7 +54,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_copy.py
 
 # The full reliability suite (fault injection, kill -9, abuse); rewrites docs/reliability.md.
-reliability: $(VENV)/.installed-test
+reliability: $(VENV)/.installed-test tools
 	$(BIN)/python tests/reliability/run.py --trials 20
 
 clean:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -17,6 +19,8 @@ from agent.errors import ExitCode, PreloadError, UsageError
 from agent.spec import FileFilter, Layout, ModelSpec, parse_duration, parse_model
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
+DEFAULT_ENDPOINT = "https://huggingface.co"
+ENDPOINT_ENV = ("PRELOAD_ENDPOINT", "HF_ENDPOINT")  # the first one set wins
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
@@ -68,34 +72,61 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _opt(*names: str, env: str, **kw: Any) -> Callable[[F], F]:
-    """A click option that always has an environment twin, shown in --help."""
-    decorator: Callable[[F], F] = click.option(*names, envvar=env, show_envvar=True, **kw)
+def _opt(*names: str, env: str | Sequence[str], **kw: Any) -> Callable[[F], F]:
+    """A click option that always has an environment twin and a default, both shown in --help."""
+    if "show_default" not in kw:
+        if kw.get("is_flag"):
+            kw["show_default"] = "off"
+        elif kw.get("default") is None and not kw.get("required"):
+            kw["show_default"] = "none"
+    envvar = env if isinstance(env, str) else list(env)
+    decorator: Callable[[F], F] = click.option(*names, envvar=envvar, show_envvar=True, **kw)
     return decorator
 
 
+endpoint_option = _opt(
+    "--endpoint",
+    env=ENDPOINT_ENV,
+    default=DEFAULT_ENDPOINT,
+    help="Hub or mirror base URL, http(s)://HOST[:PORT][/PATH].",
+)
+token_file_option = _opt(
+    "--token-file",
+    env="PRELOAD_TOKEN_FILE",
+    type=click.Path(path_type=Path),
+    show_default="none: HF_TOKEN, else anonymous",
+    help="File holding the hub token.",
+)
 log_format_option = _opt(
     "--log-format",
     env="PRELOAD_LOG_FORMAT",
     type=click.Choice(["auto", "json", "console"]),
     default="auto",
-    help="Log rendering; auto = JSON unless stderr is a terminal.",
+    help="Log lines on stderr; auto (beyond json|console): console when stdout and stderr are both "
+    "terminals, else JSON.",
 )
 
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
-@_opt("--model", env="PRELOAD_MODEL", help="Model to preload: ORG/NAME[@REVISION].")
+@_opt(
+    "--model",
+    env="PRELOAD_MODEL",
+    show_default="none; required without a subcommand",
+    help="Model to preload: ORG/NAME[@REVISION].",
+)
 @_opt(
     "--dest",
     env="PRELOAD_DEST",
     type=click.Path(path_type=Path),
+    show_default="none; required without a subcommand",
     help="Cache directory (e.g. /data/models).",
 )
 @_opt(
     "--revision",
     env="PRELOAD_REVISION",
     default=None,
-    help="Branch, tag or 40-hex commit [default: main].",
+    show_default="main",
+    help="Branch, tag or 40-hex commit.",
 )
 @_opt(
     "--layout",
@@ -127,20 +158,11 @@ log_format_option = _opt(
     "sources",
     env="PRELOAD_SOURCE",
     multiple=True,
-    help="Where to get the model, tried in order: 'hf' (the hub) or a directory/file:// URL [default: hf].",
+    show_default="hf",
+    help="Where to get the model, tried in order: 'hf' (the hub) or a directory/file:// URL.",
 )
-@_opt(
-    "--endpoint",
-    env="HF_ENDPOINT",
-    default="https://huggingface.co",
-    help="Hub or mirror base URL.",
-)
-@_opt(
-    "--token-file",
-    env="PRELOAD_TOKEN_FILE",
-    type=click.Path(path_type=Path),
-    help="File holding the hub token (else HF_TOKEN).",
-)
+@endpoint_option
+@token_file_option
 @_opt(
     "--max-workers",
     env="PRELOAD_MAX_WORKERS",
@@ -222,6 +244,8 @@ def run_preload(**kw: Any) -> None:
     dest: Path = kw["dest"]
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"--dest {dest} exists and is not a directory")
+    endpoint = check_endpoint(kw["endpoint"])
+    token_file = check_token_file(kw["token_file"])
     opts = PreloadOptions(
         max_workers=kw["max_workers"],
         chunk_size=kw["chunk_size"],
@@ -230,14 +254,13 @@ def run_preload(**kw: Any) -> None:
         progress_interval=kw["progress_interval"] or 5.0,
         drop_cache=kw["drop_cache"],
     )
-    token_file = str(kw["token_file"]) if kw["token_file"] else None
 
     def hub() -> Source:
         # Deferred: httpx is not needed when the model is already complete (warm start).
         from agent.sources.hub import HubSource, default_token
 
         return HubSource(
-            kw["endpoint"],
+            endpoint,
             default_token(token_file),
             read_timeout=kw["read_timeout"] or 30.0,
             max_connections=kw["max_workers"],
@@ -267,10 +290,11 @@ def run_preload(**kw: Any) -> None:
     "sources",
     env="PRELOAD_SOURCE",
     multiple=True,
-    help="Where --repair refetches from, tried in order: 'hf' or a directory [default: hf].",
+    show_default="hf",
+    help="Where --repair refetches from, tried in order: 'hf' or a directory.",
 )
-@_opt("--endpoint", env="HF_ENDPOINT", default="https://huggingface.co", help="Hub or mirror base URL.")
-@_opt("--token-file", env="PRELOAD_TOKEN_FILE", type=click.Path(path_type=Path), help="Hub token file.")
+@endpoint_option
+@token_file_option
 @_opt(
     "--max-workers", env="PRELOAD_MAX_WORKERS", type=click.IntRange(1, 128), default=16, help="Parallelism."
 )
@@ -291,7 +315,8 @@ def verify_command(**kw: Any) -> None:
     pinned = revision if "@" in kw["model"] else None
     report = verify(store, spec, deep=kw["deep"], revision=pinned, workers=workers)
     if kw["repair"] and report.marker and not report.sound:
-        hub = _hub_factory(kw["endpoint"], kw["token_file"], kw["max_workers"])
+        endpoint, token_file = check_endpoint(kw["endpoint"]), check_token_file(kw["token_file"])
+        hub = _hub_factory(endpoint, token_file, kw["max_workers"])
         opts = PreloadOptions(max_workers=kw["max_workers"])
         report = repair(store, spec, report, factories(kw["sources"], hub), opts)
     record(store, spec, report)
@@ -322,13 +347,47 @@ def status_command(dest: Path, as_json: bool) -> None:
         click.echo(render_table(rows), nl=False)
 
 
-def _hub_factory(endpoint: str, token_file: Path | None, max_workers: int) -> Callable[[], Any]:
+def check_endpoint(url: str) -> str:
+    """The hub base URL if it is http(s)://HOST[:PORT][/PATH], else a usage error (credentials hidden)."""
+    text = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # e.g. a port that is not a number or out of range
+        valid = False
+    if not valid:
+        shown = re.sub(r"^([A-Za-z][\w+.-]*://)?[^/@]*@", r"\1***@", text)  # no userinfo in logs
+        raise UsageError(
+            f"invalid endpoint {shown[:200]!r} (--endpoint, PRELOAD_ENDPOINT or HF_ENDPOINT): "
+            "expected http(s)://HOST[:PORT][/PATH]"
+        )
+    return text
+
+
+def check_token_file(path: Path | None) -> str | None:
+    """The token file's path if it holds a token, else a usage error (the token is not returned)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            empty = not f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read --token-file {path}: {reason}") from exc
+    if empty:
+        raise UsageError(f"--token-file {path} is empty")
+    return str(path)
+
+
+def _hub_factory(
+    endpoint: str, token_file: str | None, max_workers: int, read_timeout: float = 30.0
+) -> Callable[[], Any]:
     """A hub source factory for subcommands that may need to refetch."""
     from agent.sources.hub import HubSource, default_token
 
     def hub() -> HubSource:
-        token = default_token(str(token_file) if token_file else None)
-        return HubSource(endpoint, token, max_connections=max_workers)
+        token = default_token(token_file)
+        return HubSource(endpoint, token, read_timeout=read_timeout, max_connections=max_workers)
 
     return hub
 
@@ -387,7 +446,12 @@ def demo(dest: Path, layout: str) -> None:
 def agent_command(
     ctx: click.Context, config_path: Path, dest: Path, listen: str, max_concurrent: int | None
 ) -> None:
-    """Keep this node's cache matching the config; serve /livez, /readyz, /v1/models, /metrics."""
+    """Keep this node's cache matching the config; serve /livez, /readyz, /v1/models, /metrics.
+
+    The transfer options of `preload` itself (--endpoint, --token-file, --max-workers, --chunk-size,
+    --read-timeout, --drop-cache, --progress-interval) apply to the agent's preloads: give them
+    before `agent` or through their environment twins.
+    """
     from agent.daemon import Daemon, serve
     from agent.preload import PreloadOptions
     from agent.server import parse_listen
@@ -398,8 +462,14 @@ def agent_command(
         max_workers=root["max_workers"],
         chunk_size=root["chunk_size"],
         progress_interval=root["progress_interval"] or 5.0,
+        drop_cache=root["drop_cache"],
     )
-    hub = _hub_factory(root["endpoint"], root["token_file"], root["max_workers"])
+    hub = _hub_factory(
+        check_endpoint(root["endpoint"]),
+        check_token_file(root["token_file"]),
+        root["max_workers"],
+        root["read_timeout"] or 30.0,
+    )
     daemon = Daemon(config_path, dest, hub, opts, max_concurrent)
     sys.exit(serve(daemon, address))
 
@@ -449,8 +519,7 @@ def wait_command(
     """Exit 0 once the model is ready on this node (an init container's job)."""
     from agent import wait
 
-    if (dest is None) == (agent_url is None):
-        raise click.UsageError("give exactly one of --dest or --agent")
+    dest, agent_url = _one_mode(dest, agent_url)
     repo, rev = parse_model(model, revision)
     any_revision = revision is None and "@" not in model
     spec = ModelSpec(repo=repo, revision=rev, layout=Layout(layout))
@@ -461,6 +530,21 @@ def wait_command(
         if not agent_url.startswith(("http://", "https://")):
             raise UsageError(f"--agent {agent_url!r}: expected an http:// or https:// URL")
         wait.wait_agent(agent_url, spec, timeout, any_revision)
+
+
+def _one_mode(dest: Path | None, agent_url: str | None) -> tuple[Path | None, str | None]:
+    """Exactly one of --dest and --agent; one given on the command line beats the other's env twin
+    (a pod spec may set PRELOAD_DEST for every container)."""
+    if dest is not None and agent_url is not None:
+        ctx = click.get_current_context()
+        explicit = click.core.ParameterSource.COMMANDLINE
+        dest_cli = ctx.get_parameter_source("dest") is explicit
+        agent_cli = ctx.get_parameter_source("agent_url") is explicit
+        if dest_cli != agent_cli:
+            return (dest, None) if dest_cli else (None, agent_url)
+    if (dest is None) == (agent_url is None):
+        raise click.UsageError("give exactly one of --dest or --agent")
+    return dest, agent_url
 
 
 @cli.command("gc", context_settings=CONTEXT)
@@ -491,6 +575,7 @@ def wait_command(
     "--keep",
     env="PRELOAD_KEEP",
     multiple=True,
+    show_default="none",
     help="Never evict this model ORG/NAME (repeatable); its superseded revisions may go.",
 )
 @_opt("--dry-run", env="PRELOAD_DRY_RUN", is_flag=True, help="Only report what would be removed.")

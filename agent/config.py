@@ -30,6 +30,7 @@ from agent.spec import FileFilter, Layout, ModelSpec, parse_duration, parse_mode
 
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_VERIFY_INTERVAL = 600.0
+MAX_STARTUP_JITTER = 3600.0  # longer only delays a node's cache for no gain
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -117,7 +118,9 @@ def parse(data: bytes | str, origin: str = "config") -> AgentConfig:
         verify_interval=_duration(
             top.get("verifyInterval", DEFAULT_VERIFY_INTERVAL), f"{origin}: verifyInterval"
         ),
-        startup_jitter=_duration(top.get("startupJitter", 0), f"{origin}: startupJitter"),
+        startup_jitter=_duration(
+            top.get("startupJitter", 0), f"{origin}: startupJitter", maximum=MAX_STARTUP_JITTER
+        ),
         gc=_gc(top.get("gc", {}), f"{origin}: gc"),
     )
 
@@ -197,13 +200,23 @@ def _percent(raw: Any, where: str) -> float:
     return float(raw)
 
 
-def _duration(raw: Any, where: str) -> float:
+def _duration(raw: Any, where: str, maximum: float | None = None) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise ConfigError(f"{where}: expected a duration such as 30s, 10m or 1h, got {raw!r}")
     try:
-        return parse_duration(str(raw))
+        seconds = parse_duration(str(raw))
     except UsageError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+    if maximum is not None and seconds > maximum:
+        raise ConfigError(f"{where}: {raw!r} is too long; at most {_fmt_duration(maximum)}")
+    return seconds
+
+
+def _fmt_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _layout(raw: Any, where: str) -> Layout:

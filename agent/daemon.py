@@ -1,12 +1,15 @@
 """The agent's reconcile loop: keep this node's cache matching the config, report every model's state.
 
-One loop thread owns all decisions (what to start, verify, reload, collect); each preload runs
-in its own worker thread with its own cancel event. The HTTP server only reads `view()`s.
+One loop thread owns all decisions (what to start, verify, reload, collect) and never does
+long work itself: each preload runs in its own worker thread with its own cancel event, and a
+periodic verification or a watermark GC pass runs in a background thread that stops between
+files once the agent is asked to stop. The HTTP server only reads `view()`s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -18,12 +21,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agent import gc, log, metrics, retry
+from agent import gc, log, metrics, retry, usage
 from agent.config import AgentConfig, ConfigError, ModelConfig, parse
-from agent.errors import DiskSpaceError, PreloadError
+from agent.errors import DiskSpaceError, Interrupted, PreloadError
 from agent.manifest import Manifest
 from agent.preload import PreloadOptions, PreloadResult, preload
-from agent.sources import SourceFactory, factories
+from agent.sources import Snapshot, SourceFactory, factories
 from agent.spec import ModelSpec
 from agent.store import Store
 from agent.transfer import Cancelled, Progress
@@ -35,6 +38,7 @@ LIVENESS_STALL = 60.0
 BACKOFF_BASE = 10.0
 BACKOFF_MAX = 600.0
 BACKOFF_MIN = 1.0
+USE_RECORD_EVERY = 10.0  # a waiter asks every second; its use need not be recorded that often
 
 
 class State(StrEnum):
@@ -42,7 +46,7 @@ class State(StrEnum):
 
     PENDING = "pending"
     DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
+    VERIFYING = "verifying"  # a preload has every byte: last hash checks, then publish
     READY = "ready"
     FAILED = "failed"
 
@@ -58,6 +62,25 @@ class _Job:
     result: PreloadResult | None = None
     error: BaseException | None = None
     thread: threading.Thread | None = None
+    source: str | None = None  # set once the source's listing is read
+    commit: str | None = None
+    counted: int = 0  # fetched bytes already added to the transferred-bytes metric
+
+    def resolved(self, snap: Snapshot) -> None:
+        """The preload's source answered: remember which one, and the commit (worker thread)."""
+        self.source, self.commit = snap.source, snap.commit
+
+
+@dataclass
+class _Check:
+    """One periodic verification of a ready model, running in a background thread."""
+
+    status: _Status
+    done: threading.Event = field(default_factory=threading.Event)
+    manifest: Manifest | None = None
+    changed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -67,12 +90,14 @@ class _Status:
     model: ModelConfig
     state: State = State.PENDING
     commit: str | None = None
+    path: str | None = None  # where readers open the published commit
     total_bytes: int | None = None
     error: str | None = None
     failures: int = 0
     retry_at: float = 0.0  # monotonic
     ready_since: float | None = None  # wall clock
     verified_at: float = 0.0  # monotonic
+    checking: bool = False  # a periodic verification runs; the model stays ready meanwhile
     job: _Job | None = None
 
 
@@ -107,6 +132,10 @@ class ConfigWatch:
         before = self._digest
         data = self.read()
         return None if self._digest == before else data
+
+    def forget(self) -> None:
+        """Treat whatever the file holds next as a change."""
+        self._signature, self._digest = None, ""
 
 
 class Daemon:
@@ -145,6 +174,10 @@ class Daemon:
         self._last_tick = time.monotonic()
         self._next_config_poll = 0.0
         self._next_gc_check = 0.0
+        self._not_before = 0.0  # monotonic; no preload starts earlier (start-up jitter)
+        self._check: _Check | None = None
+        self._background: list[threading.Thread] = []  # checks and GC passes, joined at shutdown
+        self._used_at: dict[str, float] = {}
         self.log = log.get().bind(dest=str(dest))
         metrics.install_retry_hook()
 
@@ -162,34 +195,55 @@ class Daemon:
 
     def run(self) -> None:
         """Reconcile until stopped, then cancel transfers (they stay resumable)."""
-        self.log.info("agent_start", models=len(self.config.models), max_concurrent=self.max_concurrent)
+        self.log.info(
+            "agent_start",
+            models=len(self.config.models),
+            max_concurrent=self.max_concurrent,
+            max_workers=self._opts.max_workers,
+            drop_cache=self._opts.drop_cache,
+        )
         for st in self._statuses():
             self._check_local(st)
         jitter = random.uniform(0, self.config.startup_jitter)  # noqa: S311 - spreading load, not crypto
         if jitter:
+            # Only the first preloads wait: the loop keeps turning (liveness, reloads, metrics).
+            self._not_before = time.monotonic() + jitter
             self.log.info("startup_jitter", seconds=round(jitter, 1))
-            self._pause(jitter)
         while not self._stop.is_set():
             self.tick()
             self._wake.wait(TICK)
             self._wake.clear()
 
     def shutdown(self, grace: float) -> bool:
-        """Cancel every job and wait up to `grace` seconds; True if all workers ended."""
+        """Cancel every job and wait up to `grace` seconds; True if all workers ended.
+
+        A verification or GC pass sees the stop flag between files and ends too.
+        """
+        self._stop.set()
         jobs = [st.job for st in self._statuses() if st.job] + list(self._retiring)
         for job in jobs:
             job.cancel.set()
         deadline = time.monotonic() + grace
         for job in jobs:
             job.done.wait(max(0.0, deadline - time.monotonic()))
-        return all(job.done.is_set() for job in jobs)
+        for thread in self._background:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return all(job.done.is_set() for job in jobs) and not any(t.is_alive() for t in self._background)
 
     def alive(self) -> bool:
         """True while the loop keeps turning."""
-        return time.monotonic() - self._last_tick < LIVENESS_STALL
+        return self.loop_age() < LIVENESS_STALL
 
-    def _pause(self, seconds: float) -> None:
-        self._stop.wait(seconds)
+    def loop_age(self) -> float:
+        """Seconds since the loop last turned (it turns every TICK)."""
+        return time.monotonic() - self._last_tick
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        """Run `target` in a background thread that shutdown waits for."""
+        self._background = [t for t in self._background if t.is_alive()]
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._background.append(thread)
+        thread.start()
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -201,24 +255,38 @@ class Daemon:
             self._next_config_poll = now + CONFIG_POLL
             self._poll_config()
         self._reap()
+        self._reap_check()
+        self._count_transfers()
         self._verify_due(now)
         self._start_due(now)
         self._disk(now)
 
     def _poll_config(self) -> None:
+        """Apply a changed config file; count and report every changed file that is rejected.
+
+        An unreadable file is one error until it is readable again (not one per poll), and then
+        counts as changed, so that whatever it now holds is parsed and reported afresh.
+        """
         try:
             data = self._watch.changed()
-            if data is None:
-                return
+        except OSError as exc:
+            self._watch.forget()
+            self._reject(f"cannot read config: {exc}", repeated=self.reload_error)
+            return
+        if data is None:
+            return
+        try:
             config = parse(data, str(self.config_path))
-        except (OSError, ConfigError) as exc:
-            message = str(exc) if isinstance(exc, ConfigError) else f"cannot read config: {exc}"
-            if message != self.reload_error:
-                metrics.CONFIG_RELOAD_ERRORS.inc()
-                self.log.error("config_reload_failed", error=message, kept="last good config")
-            self.reload_error = message
+        except ConfigError as exc:
+            self._reject(str(exc))
             return
         self._apply(config)
+
+    def _reject(self, message: str, repeated: str | None = None) -> None:
+        if message != repeated:
+            metrics.CONFIG_RELOAD_ERRORS.inc()
+            self.log.error("config_reload_failed", error=message, kept="last good config")
+        self.reload_error = message
 
     def _apply(self, config: AgentConfig) -> None:
         with self._lock:
@@ -255,16 +323,36 @@ class Daemon:
             self._retiring.append(st.job)
 
     def _reap(self) -> None:
+        for job in self._retiring:
+            if job.done.is_set():
+                self._count_bytes(job)
         self._retiring = [j for j in self._retiring if not j.done.is_set()]
         for st in self._statuses():
             if st.job is not None and st.job.done.is_set():
                 self._finish(st, st.job)
 
+    def _count_transfers(self) -> None:
+        """Add what running transfers fetched since the last tick to the transferred-bytes metric."""
+        for job in [st.job for st in self._statuses() if st.job] + self._retiring:
+            self._count_bytes(job)
+        for st in self._statuses():
+            if st.job is not None:
+                metrics.set_state(st.model.id, self._phase(st.state, st.job).value)
+
+    def _count_bytes(self, job: _Job) -> None:
+        fetched = job.progress.fetched
+        if fetched > job.counted:
+            source = job.source or _source_label(job.model)
+            metrics.TRANSFERRED_BYTES.labels(source=source).inc(fetched - job.counted)
+            job.counted = fetched
+
     def _finish(self, st: _Status, job: _Job) -> None:
         result, error = job.result, job.error
-        source = result.manifest.source if result else _source_label(job.model)
-        if job.progress.fetched:
-            metrics.TRANSFERRED_BYTES.labels(source=source).inc(job.progress.fetched)
+        if result is not None:
+            job.source = result.manifest.source
+        self._count_bytes(job)
+        if result is not None:
+            usage.touch(self.dest, st.model.spec)  # GC evicts the least recently used first
         with self._lock:
             st.job = None
             if result is not None:
@@ -293,6 +381,7 @@ class Daemon:
         if st.state is not State.READY:
             st.ready_since = time.time()
         st.state, st.commit, st.total_bytes = State.READY, m.commit, m.total_bytes
+        st.path = str(self.store.reader_path(st.model.spec, m))
         st.error, st.failures, st.retry_at = None, 0, 0.0
         st.verified_at = time.monotonic()
         metrics.MODEL_SIZE_BYTES.labels(model=st.model.id).set(m.total_bytes)
@@ -306,34 +395,67 @@ class Daemon:
         metrics.set_state(st.model.id, st.state.value)
 
     def _verify_due(self, now: float) -> None:
+        """Start the periodic check of one ready model that is due, if none runs."""
         interval = self.config.verify_interval
-        if not interval:
+        if not interval or self._check is not None or self._stop.is_set():
             return
         for st in self._statuses():
             if st.state is State.READY and st.job is None and now - st.verified_at >= interval:
-                self._verify(st)
+                check = _Check(st)
+                with self._lock:
+                    st.checking = True
+                self._check = check
+                self._spawn(functools.partial(self._run_check, check), f"verify {st.model.id}")
+                return
 
-    def _verify(self, st: _Status) -> None:
-        spec = st.model.spec
+    def _run_check(self, check: _Check) -> None:
+        """Background thread: the fast check of one ready model; its state is not touched here."""
+        spec = check.status.model.spec
+        try:
+            check.manifest = self.store.ready(spec)
+            if check.manifest is not None:
+                check.changed = self._changed_files(spec, check.manifest)
+        except Interrupted:
+            check.interrupted = True
+        except Exception:  # a check must report, never kill its thread silently
+            self.log.exception("verify_crashed", repo=spec.repo)
+            check.interrupted = True
+        finally:
+            check.done.set()
+            self._wake.set()
+
+    def _reap_check(self) -> None:
+        """Apply a finished check: a sound model stays ready; a damaged one goes back to repair."""
+        check = self._check
+        if check is None or not check.done.is_set():
+            return
+        self._check = None
+        st, spec = check.status, check.status.model.spec
+        m = None if check.changed else check.manifest
+        bad: list[str] = []
+        if m is None and not check.interrupted:
+            marker = self.store.read_marker(spec)
+            bad = self.store.fast_check(spec, marker) if marker else ["(completion marker)"]
+            bad += check.changed
         with self._lock:
-            st.state = State.VERIFYING
-        metrics.set_state(spec.repo, st.state.value)
-        m = self.store.ready(spec)
-        changed = self._changed_files(spec, m) if m is not None else []
-        if changed:
-            m = None
-        with self._lock:
+            st.checking = False
+            if check.interrupted:
+                st.verified_at = time.monotonic()  # next try after a whole interval, not next tick
+            if check.interrupted or self._status.get(spec.repo) is not st or st.state is not State.READY:
+                return
             if m is not None:
                 self._mark_ready(st, m)
             else:
-                marker = self.store.read_marker(spec)
-                bad = self.store.fast_check(spec, marker) if marker else ["(completion marker)"]
-                bad += changed
                 st.state, st.ready_since, st.retry_at = State.PENDING, None, 0.0
                 st.error = f"damaged: missing, wrong size or changed: {', '.join(bad[:5]) or '(pointer)'}"
+        seconds = round(time.monotonic() - check.started, 2)
         if m is None:
             metrics.VERIFICATION_FAILURES.labels(model=spec.repo).inc()
-            self.log.warning("model_damaged", repo=spec.repo, error=st.error, action="repair")
+            self.log.warning(
+                "model_damaged", repo=spec.repo, error=st.error, action="repair", seconds=seconds
+            )
+        else:
+            self.log.info("model_verified", repo=spec.repo, seconds=seconds)
         metrics.set_state(spec.repo, st.state.value)
 
     def _changed_files(self, spec: ModelSpec, m: Manifest) -> list[str]:
@@ -348,7 +470,7 @@ class Daemon:
         with self.store.lock(spec, deadline=0) as got:
             if not got:
                 return []
-            report = verify.verify(self.store, spec)
+            report = verify.verify(self.store, spec, cancel=self._stop)
             if report.commit != m.commit:
                 return []
             if report.touched and not report.corrupt:
@@ -360,7 +482,7 @@ class Daemon:
             return list(report.corrupt)
 
     def _start_due(self, now: float) -> None:
-        if self._stop.is_set():
+        if self._stop.is_set() or now < self._not_before:
             return
         statuses = self._statuses()
         running = sum(1 for st in statuses if st.job) + len(self._retiring)
@@ -384,9 +506,10 @@ class Daemon:
     def _work(self, job: _Job) -> None:
         """Worker thread: one preload; a disk that is too full gets one GC pass and one more try."""
         spec = job.model.spec
-        opts = replace(self._opts, cancel=job.cancel)
+        opts = replace(self._opts, cancel=job.cancel, on_snapshot=job.resolved)
+        sources = factories(job.model.sources, self._hub, self._opts.drop_cache)
         run: Callable[[], PreloadResult] = lambda: preload(  # noqa: E731
-            spec, self.dest, factories(job.model.sources, self._hub), opts, job.progress
+            spec, self.dest, sources, opts, job.progress
         )
         try:
             try:
@@ -415,12 +538,19 @@ class Daemon:
         if now < self._next_gc_check or not total:
             return
         self._next_gc_check = now + GC_CHECK_INTERVAL
-        if (total - free) * 100 / total > self.config.gc.high_watermark_percent:
+        busy = any(t.name == "gc" and t.is_alive() for t in self._background)
+        if not busy and (total - free) * 100 / total > self.config.gc.high_watermark_percent:
+            self._spawn(self._collect_in_background, "gc")
+
+    def _collect_in_background(self) -> None:
+        try:
             self.collect()
+        except Exception:  # the next watermark check tries again
+            self.log.exception("gc_crashed")
 
     def collect(self, free_wanted: int = 0) -> gc.Report:
         """Evict down to the low watermark, or until `free_wanted` bytes are free (-1: all that may
-        go), sparing configured and pinned models."""
+        go), sparing configured and pinned models; stops between evictions once the agent stops."""
         config = self.config
         total = gc.disk_usage(self.dest)[1]
         target = int(total * (100 - config.gc.low_watermark_percent) / 100)
@@ -431,6 +561,7 @@ class Daemon:
                 target,
                 keep=[m.id for m in config.models],
                 pinned=[m.id for m in config.models if m.pinned],
+                cancel=self._stop,
             )
         for ev in report.removed:
             metrics.GC_EVICTED_BYTES.labels(kind=ev.kind.value).inc(ev.bytes)
@@ -441,6 +572,7 @@ class Daemon:
             free_bytes=report.free_after,
             target_bytes=target,
             short=report.short,
+            interrupted=report.interrupted,
         )
         return report
 
@@ -460,6 +592,16 @@ class Daemon:
             st = self._status.get(repo)
         return None if st is None else self._view(st)
 
+    def record_use(self, repo: str) -> None:
+        """Someone asked for this model by id (a `wait`): record its use for GC, now and then."""
+        with self._lock:
+            st = self._status.get(repo)
+            now = time.monotonic()
+            if st is None or now - self._used_at.get(repo, -USE_RECORD_EVERY) < USE_RECORD_EVERY:
+                return
+            self._used_at[repo] = now
+        usage.touch(self.dest, st.model.spec)
+
     def readiness(self) -> list[str]:
         """Required models that are not ready yet (empty: the node's cache is warm)."""
         return [st.model.id for st in self._statuses() if st.model.required and st.state is not State.READY]
@@ -473,17 +615,30 @@ class Daemon:
             "max_concurrent": self.max_concurrent,
         }
 
+    @staticmethod
+    def _phase(state: State, job: _Job | None) -> State:
+        """A running preload whose bytes are all in is verifying (last hashes, then publish)."""
+        if state is State.DOWNLOADING and job is not None:
+            total, done = job.progress.total, job.progress.done
+            if total and done >= total:
+                return State.VERIFYING
+        return state
+
     def _view(self, st: _Status) -> dict[str, Any]:
         with self._lock:
             spec, job, state = st.model.spec, st.job, st.state
-            commit, total, error = st.commit, st.total_bytes, st.error
-            retry_at, ready_since = st.retry_at, st.ready_since
+            commit, total, error, ready_path = st.commit, st.total_bytes, st.error, st.path
+            retry_at, ready_since, checking = st.retry_at, st.ready_since, st.checking
         done = total if state is State.READY else 0
         rate, eta = 0.0, None
         if job is not None and job.progress.total:
             total, done, rate = job.progress.total, job.progress.done, job.progress.rate()
             eta = round((total - done) / rate, 1) if rate > 0 else None
-        path = self.store.model_path(spec, commit) if commit or spec.layout.value == "dir" else None
+        # The published commit's path; the commit being fetched is reported as soon as it is known.
+        path = ready_path or (str(self.store.model_path(spec)) if spec.layout.value == "dir" else None)
+        if job is not None and job.commit:
+            commit = job.commit
+        state = self._phase(state, job)
         return {
             "id": spec.repo,
             "revision": spec.revision,
@@ -503,6 +658,7 @@ class Daemon:
             "retry_in_seconds": round(max(0.0, retry_at - time.monotonic()), 1)
             if state is State.FAILED
             else None,
+            "checking": checking,
         }
 
 

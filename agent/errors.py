@@ -81,3 +81,7 @@ class NotReadyError(PreloadError):
     """A model checked by `verify` or `wait` is not complete."""
 
     exit_code = ExitCode.NOT_READY
+
+
+class Interrupted(PreloadError):
+    """Work stopped on request (the agent is shutting down); nothing is half-done on disk."""

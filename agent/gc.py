@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class Report:
     removed: list[Eviction] = field(default_factory=list)
     skipped: list[tuple[Eviction, str]] = field(default_factory=list)
     free_after: int = 0
+    interrupted: bool = False  # stopped early on request; the evictions left are not done
 
     @property
     def short(self) -> bool:
@@ -127,12 +129,18 @@ def plan(root: Path, target: int, keep: Iterable[str] = (), pinned: Iterable[str
     return Plan(free, target, tuple(chosen), tuple(sorted(in_use)))
 
 
-def execute(root: Path, p: Plan, dry_run: bool = False) -> Report:
-    """Carry out a plan; each eviction under its model's lock, skipped if the lock is taken."""
+def execute(root: Path, p: Plan, dry_run: bool = False, cancel: threading.Event | None = None) -> Report:
+    """Carry out a plan; each eviction under its model's lock, skipped if the lock is taken.
+
+    Once `cancel` is set no further eviction starts (the one under way finishes).
+    """
     store = Store(root)
     report = Report(p)
     logger = log.get().bind(dest=str(root))
     for ev in p.evictions:
+        if cancel is not None and cancel.is_set():
+            report.interrupted = True
+            break
         if dry_run:
             report.removed.append(ev)
             continue
@@ -164,12 +172,17 @@ def execute(root: Path, p: Plan, dry_run: bool = False) -> Report:
 
 
 def collect(
-    root: Path, target: int, keep: Iterable[str] = (), pinned: Iterable[str] = (), dry_run: bool = False
+    root: Path,
+    target: int,
+    keep: Iterable[str] = (),
+    pinned: Iterable[str] = (),
+    dry_run: bool = False,
+    cancel: threading.Event | None = None,
 ) -> Report:
     """Plan and execute in one go."""
     if not (root / STATE).is_dir():
         raise UsageError(f"{root} holds no preloaded models (no {STATE} directory)")
-    return execute(root, plan(root, target, keep, pinned), dry_run)
+    return execute(root, plan(root, target, keep, pinned), dry_run, cancel)
 
 
 def describe(report: Report, dry_run: bool) -> list[str]:
@@ -235,13 +248,14 @@ def _model_eviction(store: Store, inst: _Installed) -> Eviction:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(inst.last_used))
     reason = f"not configured or kept; last used {stamp}"
     paths: tuple[Path, ...]
+    others = store.other_marker_path(spec, inst.commit).parent
     if spec.layout is Layout.DIR:
-        # Readers stop seeing the model before its files go: pointer, then marker, then files.
+        # Readers stop seeing the model before its files go: pointer, then markers, then files.
         versions = store.state / "versions" / spec.org / spec.name
-        paths = (store.model_path(spec), store.marker_path(spec), versions, store.staging_dir(spec))
+        paths = (store.model_path(spec), store.marker_path(spec), others, versions, store.staging_dir(spec))
         size = _du([versions])
     else:
-        paths = (store.marker_path(spec), store.hf_repo_dir(spec), store.staging_dir(spec))
+        paths = (store.marker_path(spec), others, store.hf_repo_dir(spec), store.staging_dir(spec))
         size = _du([store.hf_repo_dir(spec)])
     return Eviction(spec.repo, spec.layout, Kind.MODEL, paths, size, reason, inst.commit)
 
@@ -262,7 +276,9 @@ def _superseded(store: Store, inst: _Installed) -> list[Eviction]:
         old += [b for b in _children(repo / "blobs") if b.name not in wanted]
     if not old:
         return []
-    return [Eviction(spec.repo, spec.layout, Kind.REVISION, tuple(old), _du(old), why, current)]
+    # Their markers go first: a revision stops being ready before its files go.
+    markers = _children(store.other_marker_path(spec, current).parent)
+    return [Eviction(spec.repo, spec.layout, Kind.REVISION, (*markers, *old), _du(old), why, current)]
 
 
 def _children(path: Path) -> list[Path]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 
-from agent.errors import IntegrityError
+from agent.errors import IntegrityError, Interrupted
 
 SHA256 = "sha256"
 GIT_SHA1 = "git-sha1"
@@ -19,6 +20,7 @@ READ_BLOCK = 8 << 20
 # 200 MB RSS budget, large enough that syscalls and hashing calls stay cheap.
 STREAM_BLOCK = 2 << 20
 MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255  # NAME_MAX of Linux filesystems: a longer component cannot be created
 
 
 class Hasher(Protocol):
@@ -56,12 +58,23 @@ def new_hasher(algo: str, size: int) -> Hasher:
     raise IntegrityError(f"unknown hash algorithm {algo!r}")
 
 
-def hash_file(path: str | os.PathLike[str], algo: str, size: int, upto: int | None = None) -> Hasher:
-    """Hash the first `upto` bytes (default: all) of a file with large sequential reads."""
+def hash_file(
+    path: str | os.PathLike[str],
+    algo: str,
+    size: int,
+    upto: int | None = None,
+    cancel: threading.Event | None = None,
+) -> Hasher:
+    """Hash the first `upto` bytes (default: all) of a file with large sequential reads.
+
+    Raises Interrupted between two reads once `cancel` is set (a large file takes seconds).
+    """
     h = new_hasher(algo, size)
     remaining = size if upto is None else upto
     with open(path, "rb", buffering=0) as f:
         while remaining > 0:
+            if cancel is not None and cancel.is_set():
+                raise Interrupted(f"hashing {path} stopped")
             block = f.read(min(READ_BLOCK, remaining))
             if not block:
                 break
@@ -72,12 +85,14 @@ def hash_file(path: str | os.PathLike[str], algo: str, size: int, upto: int | No
 
 def safe_relpath(path: str) -> str:
     """Return `path` if it is a clean relative POSIX path inside its root, else raise."""
+    encoded = path.encode("utf-8", "surrogatepass")
     bad = (
         not path
         or "\x00" in path
         or "\\" in path
         or path.startswith("/")
-        or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
+        or len(encoded) > MAX_PATH_BYTES
+        or any(len(name) > MAX_NAME_BYTES for name in encoded.split(b"/"))
         or any(ord(c) < 32 for c in path)
     )
     parts = PurePosixPath(path).parts if not bad else ()

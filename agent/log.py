@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -36,13 +36,30 @@ def _scrub_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (ValueError, AttributeError):  # closed, or replaced by something that is not a file
+        return False
+
+
+def wants_json(log_format: str) -> bool:
+    """json -> True, console -> False; auto: console only when stdout and stderr are both terminals.
+
+    The issue asks for JSON whenever stdout is not a terminal; the lines go to stderr, so `auto`
+    looks at both: a person at a terminal gets console lines, `preload ... | tee` and pods get JSON.
+    """
+    if log_format != "auto":
+        return log_format == "json"
+    return not (_isatty(sys.stdout) and _isatty(sys.stderr))
+
+
 def configure(log_format: str = "auto", level: str = "info") -> None:
-    """JSON lines unless stderr is a terminal (or the caller asks for one or the other)."""
-    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    """Log to stderr, as JSON lines or console lines (see `wants_json`); secrets scrubbed."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if wants_json(log_format)
+        else structlog.dev.ConsoleRenderer(colors=_isatty(sys.stderr))
     )
     structlog.configure(
         processors=[

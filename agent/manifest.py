@@ -14,7 +14,7 @@ from agent.errors import IntegrityError
 from agent.integrity import Digest, safe_relpath
 from agent.spec import COMMIT_RE
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `skipped`, the listed files left out by the selection
 TOOL = "model-cache-preloader"
 
 
@@ -42,6 +42,9 @@ class Manifest:
     completed_at: float
     endpoint: str | None = None
     hash_origin: str = "source"
+    # Files the commit has but the selection left out: with `files`, the commit's whole
+    # listing, so a later run with another selection can tell offline whether it is covered.
+    skipped: tuple[RemoteFile, ...] = ()
     tool_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +71,7 @@ class Manifest:
             "started_at": _iso(self.started_at),
             "completed_at": _iso(self.completed_at),
             "files": [_file_doc(f) for f in self.files],
+            "skipped": [_file_doc(f) for f in self.skipped],
         }
         if self.extra:
             doc["extra"] = self.extra
@@ -80,16 +84,9 @@ class Manifest:
             doc = json.loads(text)
             if doc["format"] != FORMAT_VERSION or doc["tool"] != TOOL:
                 raise IntegrityError(f"unsupported manifest format {doc.get('format')!r}")
-            files = tuple(
-                RemoteFile(
-                    safe_relpath(f["path"]),
-                    _nonneg(f["size"]),
-                    Digest(f["algo"], f["hash"]),
-                    Digest("git-sha1", f["blob_id"]).hex if f.get("blob_id") else None,
-                )
-                for f in doc["files"]
-            )
-            if len({f.path for f in files}) != len(files):
+            files = tuple(_parse_file(f) for f in doc["files"])
+            skipped = tuple(_parse_file(f) for f in doc["skipped"])
+            if len({f.path for f in files + skipped}) != len(files) + len(skipped):
                 raise IntegrityError("manifest lists a file twice")
             if not COMMIT_RE.match(doc["commit"]) and doc["hash_origin"] != "source-computed":
                 raise IntegrityError(f"manifest commit {doc['commit']!r} is not a commit id")
@@ -104,6 +101,7 @@ class Manifest:
                 completed_at=_parse_iso(doc["completed_at"]),
                 endpoint=doc.get("endpoint"),
                 hash_origin=str(doc.get("hash_origin", "source")),
+                skipped=skipped,
                 tool_version=str(doc["tool_version"]),
                 extra=dict(doc.get("extra") or {}),
             )
@@ -135,6 +133,15 @@ def _file_doc(f: RemoteFile) -> dict[str, Any]:
     if f.blob_id and f.blob_id != f.digest.hex:
         doc["blob_id"] = f.blob_id
     return doc
+
+
+def _parse_file(doc: dict[str, Any]) -> RemoteFile:
+    return RemoteFile(
+        safe_relpath(doc["path"]),
+        _nonneg(doc["size"]),
+        Digest(doc["algo"], doc["hash"]),
+        Digest("git-sha1", doc["blob_id"]).hex if doc.get("blob_id") else None,
+    )
 
 
 def _nonneg(value: object) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -12,11 +13,11 @@ from typing import Any
 
 from agent import log, retry
 from agent.errors import DeadlineExceeded, PreloadError, UsageError
-from agent.manifest import Manifest
-from agent.sources import Snapshot, SourceFactory
+from agent.manifest import Manifest, RemoteFile
+from agent.sources import Snapshot, Source, SourceFactory
 from agent.spec import ModelSpec
-from agent.store import Store, fmt_bytes
-from agent.transfer import Progress, Transfer, TransferOptions
+from agent.store import Placement, Store, fmt_bytes
+from agent.transfer import Cancelled, Progress, Transfer, TransferOptions
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class PreloadOptions:
     retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     cancel: threading.Event | None = field(default=None, compare=False)
     drop_cache: bool = False  # drop written pages from the page cache (pod memory limits)
+    # Told the resolved snapshot (commit, source) before its files are fetched; the agent
+    # reports the commit while the download runs.
+    on_snapshot: Callable[[Snapshot], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -51,98 +55,144 @@ def preload(
     opts: PreloadOptions = PreloadOptions(),
     progress: Progress | None = None,
 ) -> PreloadResult:
-    """Make `spec` ready under `dest`; fast and offline when it already is."""
+    """Make `spec` ready under `dest`; fast and offline when it already is.
+
+    Everything that can fail before a byte is worth writing (resolving, listing, selecting,
+    the free-space check) runs before DIR is touched: a bad id, a gated repo, a hostile
+    listing or a full disk leaves DIR as it was. Then the model's lock is taken and the
+    transfer runs; sources are tried in order, the last one's error is the one reported.
+    """
     started = time.monotonic()
     store = Store(dest)
     logger = log.get().bind(repo=spec.repo, revision=spec.revision, layout=spec.layout.value)
     if not opts.refresh and (m := store.ready(spec)) is not None:
         return _done(logger, store, spec, m, 0, started, already=True)
-    store.prepare()
+    store.check_dest()
     deadline = started + opts.timeout if opts.timeout else None
-    last_note = [0.0]
-
-    def on_wait(waited: float) -> None:
-        if waited - last_note[0] >= 10 or not last_note[0]:
-            last_note[0] = waited or 0.001
-            logger.info("waiting_for_lock", waited_s=round(waited, 1), reason="another preload holds it")
-
-    with store.lock(spec, deadline=deadline, on_wait=on_wait) as got:
-        if not got:
-            raise DeadlineExceeded(f"timed out waiting for another preload of {spec.repo} to finish")
-        # Whoever held the lock before us may have finished the job.
-        if not opts.refresh and (m := store.ready(spec)) is not None:
-            return _done(logger, store, spec, m, 0, started, already=True)
-        progress = progress or Progress()
-        m = _fetch(spec, store, sources, opts, deadline, progress, logger)
-        path = store.publish(spec, m)
-        store.remove_staging(spec)
-    return _done(logger, store, spec, m, progress.fetched, started, already=False, path=path)
-
-
-def _fetch(
-    spec: ModelSpec,
-    store: Store,
-    factories: Sequence[SourceFactory],
-    opts: PreloadOptions,
-    deadline: float | None,
-    progress: Progress,
-    logger: Any,
-) -> Manifest:
-    """Try each source in order; the last one's error is the one reported."""
     policy = replace(opts.retry, deadline=deadline)
+    progress = progress or Progress()
     error: PreloadError | None = None
-    for factory in factories:
-        source = factory()
-        try:
-            snap = retry.call(partial(source.snapshot, spec), policy, what=f"listing {spec.repo}")
-            snap = _select(spec, snap)
-            begun = time.time()
-            placements = store.placements(spec, snap.commit, snap.files)
-            store.check_space(Transfer.pending_bytes(placements))
-            logger.info(
-                "transfer_start",
-                source=snap.source,
-                commit=snap.commit,
-                files=len(snap.files),
-                bytes=sum(f.size for f in snap.files),
-            )
-            topts = TransferOptions(
-                max_workers=opts.max_workers,
-                chunk_size=snap.chunk_size or opts.chunk_size,
-                retry=policy,
-                progress_interval=opts.progress_interval,
-                deadline=deadline,
-                cancel=opts.cancel,
-                drop_cache=opts.drop_cache,
-            )
-            Transfer(source, spec, snap, topts, progress).run(placements, store.published_files(spec))
-            return Manifest(
-                repo=spec.repo,
-                revision=spec.revision,
-                commit=snap.commit,
-                layout=spec.layout.value,
-                source=snap.source,
-                files=snap.files,
-                started_at=begun,
-                completed_at=time.time(),
-                endpoint=snap.endpoint,
-                hash_origin=snap.hash_origin,
-            )
-        except PreloadError as exc:
-            error = exc
-            if len(factories) > 1:
-                logger.warning("source_failed", source=getattr(source, "name", "?"), error=str(exc))
-        finally:
-            source.close()
+    with contextlib.ExitStack() as held:
+        locked = False
+        if store.is_locked(spec):
+            # Another process is at it (pods starting together): wait for it rather than
+            # list the hub too; it has most likely made the model ready by then.
+            _take_lock(held, store, spec, deadline, logger)
+            locked = True
+            if not opts.refresh and (m := store.ready(spec)) is not None:
+                return _done(logger, store, spec, m, 0, started, already=True)
+        for factory in sources:
+            source = factory()
+            try:
+                listing = retry.call(partial(source.snapshot, spec), policy, what=f"listing {spec.repo}")
+                snap, skipped = _select(spec, listing, store.read_marker(spec))
+                placements = store.placements(spec, snap.commit, snap.files)
+                store.check_space(Transfer.pending_bytes(placements, store.published_files(spec)))
+                if not locked:
+                    store.prepare()
+                    _take_lock(held, store, spec, deadline, logger)
+                    locked = True
+                    # Whoever held the lock before us may have finished the job, or published
+                    # this commit with other files meanwhile.
+                    if not opts.refresh and (m := store.ready(spec)) is not None:
+                        return _done(logger, store, spec, m, 0, started, already=True)
+                    snap, skipped = _select(spec, listing, store.read_marker(spec))
+                    placements = store.placements(spec, snap.commit, snap.files)
+                    store.check_space(Transfer.pending_bytes(placements, store.published_files(spec)))
+                if opts.on_snapshot is not None:
+                    opts.on_snapshot(snap)
+                m = _transfer(spec, store, source, snap, skipped, placements, opts, policy, progress, logger)
+                path = store.publish(spec, m)
+                store.remove_staging(spec)
+                return _done(logger, store, spec, m, progress.fetched, started, already=False, path=path)
+            except (DeadlineExceeded, Cancelled):
+                raise  # no other source can do better against the same clock or a stop request
+            except PreloadError as exc:
+                error = exc
+                if len(sources) > 1:
+                    logger.warning("source_failed", source=getattr(source, "name", "?"), error=str(exc))
+            finally:
+                source.close()
     assert error is not None
     raise error
 
 
-def _select(spec: ModelSpec, snap: Snapshot) -> Snapshot:
+def _take_lock(
+    held: contextlib.ExitStack, store: Store, spec: ModelSpec, deadline: float | None, logger: Any
+) -> None:
+    """Hold the model's lock until `held` closes, logging the wait at once, then every 10 s."""
+    last = [0.0]
+
+    def on_wait(waited: float) -> None:
+        if waited - last[0] >= 10 or not last[0]:
+            last[0] = waited or 0.001
+            logger.info("waiting_for_lock", waited_s=round(waited, 1), reason="another preload holds it")
+
+    if not held.enter_context(store.lock(spec, deadline, on_wait)):
+        raise DeadlineExceeded(f"timed out waiting for another preload of {spec.repo} to finish")
+
+
+def _transfer(
+    spec: ModelSpec,
+    store: Store,
+    source: Source,
+    snap: Snapshot,
+    skipped: tuple[RemoteFile, ...],
+    placements: list[Placement],
+    opts: PreloadOptions,
+    policy: retry.RetryPolicy,
+    progress: Progress,
+    logger: Any,
+) -> Manifest:
+    """Fetch and verify every selected file; the manifest to publish."""
+    begun = time.time()
+    logger.info(
+        "transfer_start",
+        source=snap.source,
+        commit=snap.commit,
+        files=len(snap.files),
+        bytes=sum(f.size for f in snap.files),
+    )
+    topts = TransferOptions(
+        max_workers=opts.max_workers,
+        chunk_size=snap.chunk_size or opts.chunk_size,
+        retry=policy,
+        progress_interval=opts.progress_interval,
+        deadline=policy.deadline,
+        cancel=opts.cancel,
+        drop_cache=opts.drop_cache,
+    )
+    Transfer(source, spec, snap, topts, progress).run(placements, store.published_files(spec))
+    return Manifest(
+        repo=spec.repo,
+        revision=spec.revision,
+        commit=snap.commit,
+        layout=spec.layout.value,
+        source=snap.source,
+        files=snap.files,
+        skipped=skipped,
+        started_at=begun,
+        completed_at=time.time(),
+        endpoint=snap.endpoint,
+        hash_origin=snap.hash_origin,
+    )
+
+
+def _select(
+    spec: ModelSpec, snap: Snapshot, current: Manifest | None
+) -> tuple[Snapshot, tuple[RemoteFile, ...]]:
+    """The snapshot narrowed to the files to publish, and the listed files left out.
+
+    Files an earlier run already published for the same commit stay in (another pod may have
+    asked for them with another selection), so one run never takes files from another.
+    """
     wanted = set(spec.files.select(f.path for f in snap.files))
     if not wanted:
         raise UsageError(f"no files of {spec.repo}@{snap.commit[:12]} match the include/exclude filters")
-    return replace(snap, files=tuple(f for f in snap.files if f.path in wanted))
+    if current is not None and current.commit == snap.commit:
+        wanted |= {f.path for f in current.files}
+    files = tuple(f for f in snap.files if f.path in wanted)
+    return replace(snap, files=files), tuple(f for f in snap.files if f.path not in wanted)
 
 
 def _done(
@@ -157,7 +207,7 @@ def _done(
     path: Path | None = None,
 ) -> PreloadResult:
     seconds = time.monotonic() - started
-    path = path or store.model_path(spec, m.commit)
+    path = path or store.reader_path(spec, m)
     logger.info(
         "preload_complete",
         commit=m.commit,

@@ -1,6 +1,10 @@
 """The one retry policy: transient errors only, bounded by attempts and time, jittered.
 
-`PRELOAD_RETRY_SCALE` multiplies every wait (0 makes retries instant in tests).
+Attempt n (1-based) is followed by a wait drawn uniformly from [cap/2, cap], where
+cap = min(max_wait, initial_wait * 2**(n-1)); a server's Retry-After or RateLimit reset
+replaces it (capped at MAX_RETRY_AFTER). `PRELOAD_RETRY_SCALE` multiplies every wait (0 makes
+retries instant in tests); `PRELOAD_RETRY_MAX_TIME` (seconds) sets the total-time bound: no
+retry starts whose wait would end past it.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -30,12 +34,19 @@ def add_listener(fn: Callable[[str], None]) -> None:
         _listeners.append(fn)
 
 
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounds for retrying one operation."""
 
     attempts: int = 8
-    total_seconds: float = 600.0
+    total_seconds: float = field(default_factory=lambda: _env_seconds("PRELOAD_RETRY_MAX_TIME", 600.0))
     initial_wait: float = 0.5
     max_wait: float = 30.0
     deadline: float | None = None  # time.monotonic() after which nothing is retried
@@ -48,16 +59,20 @@ class RetryPolicy:
             return 1.0
 
 
+def backoff(policy: RetryPolicy, attempt: int, retry_after: float | None = None) -> float:
+    """The wait after failed attempt `attempt` (1-based): the server's, else jittered exponential."""
+    if retry_after is not None:
+        wait = min(float(retry_after), MAX_RETRY_AFTER)
+    else:
+        cap = min(policy.max_wait, policy.initial_wait * 2 ** (attempt - 1))
+        wait = random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not crypto
+    return wait * policy.scale()
+
+
 def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
     def compute(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            wait = min(float(retry_after), MAX_RETRY_AFTER)
-        else:
-            cap = min(policy.max_wait, policy.initial_wait * 2 ** (state.attempt_number - 1))
-            wait = random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not crypto
-        wait *= policy.scale()
+        wait = backoff(policy, state.attempt_number, getattr(exc, "retry_after", None))
         if policy.deadline is not None:
             left = policy.deadline - time.monotonic()
             if wait >= left:
@@ -84,7 +99,8 @@ def call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
 
     retryer = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
-        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(policy.total_seconds),
+        # stop_before_delay counts the coming wait: no retry is started past the time bound.
+        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_before_delay(policy.total_seconds),
         wait=_wait(policy),
         before_sleep=before_sleep,
         reraise=True,

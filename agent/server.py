@@ -6,6 +6,7 @@ Errors are JSON bodies with a 4xx status; an unexpected bug is a 500 without a t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -29,6 +30,10 @@ class Status(Protocol):
         """True while the reconcile loop turns."""
         ...
 
+    def loop_age(self) -> float:
+        """Seconds since the reconcile loop last turned."""
+        ...
+
     def readiness(self) -> list[str]:
         """Required models not ready yet."""
         ...
@@ -43,6 +48,10 @@ class Status(Protocol):
 
     def config_view(self) -> dict[str, Any]:
         """Config source and reload status."""
+        ...
+
+    def record_use(self, repo: str) -> None:
+        """A client asked for this model by id (`preload wait --agent`): it is in use."""
         ...
 
 
@@ -70,12 +79,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(body=False)
 
     def _not_allowed(self) -> None:
+        # The request's body is never read: left on a kept-alive connection it would be
+        # parsed as the next request.
+        self.close_connection = True
         self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "read-only API: use GET"}, {"Allow": "GET, HEAD"})
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def _dispatch(self, body: bool) -> None:
         path = urlsplit(self.path).path
+        if self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers:
+            self.close_connection = True  # a GET with a body we do not read: see _not_allowed
         try:
             try:
                 status, payload, ctype = self._route(path)
@@ -94,7 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
         status = self.server.status
         if path == "/livez":
             ok = status.alive()
-            return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE), {"alive": ok}, None
+            body = {"alive": ok, "loop_age_seconds": round(status.loop_age(), 1)}
+            return (HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE), body, None
         if path == "/readyz":
             missing = status.readiness()
             code = HTTPStatus.SERVICE_UNAVAILABLE if missing else HTTPStatus.OK
@@ -113,6 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
             view = status.view(repo)
             if view is None:
                 raise _Reply(HTTPStatus.NOT_FOUND, f"model {repo} is not configured on this agent")
+            status.record_use(repo)
             return HTTPStatus.OK, view, None
         raise _Reply(HTTPStatus.NOT_FOUND, f"no such endpoint {path[:200]!r}")
 
@@ -126,17 +142,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if body:
             self.wfile.write(data)
 
+    def parse_request(self) -> bool:
+        self._answered = False
+        if super().parse_request():
+            return True
+        if not self._answered:  # a blank request line: the stdlib hangs up without a word
+            self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
+        return False
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Malformed requests get the same JSON error shape, never the stdlib's HTML page."""
-        self.close_connection = True
+        self.close_connection = self._answered = True
         if code == HTTPStatus.NOT_IMPLEMENTED:  # an unknown method: the same 405 as POST gets
             self._not_allowed()
-            return
-        self._send(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
+        elif code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:  # HTTP/2+ on a plain HTTP/1.1 port
+            self._send(
+                HTTPStatus.BAD_REQUEST, {"error": f"unsupported protocol in {self.requestline[:100]!r}"}
+            )
+        else:
+            self._send(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
+        # Closing with unread input (the rest of a too-long line) resets the connection, and the
+        # reset can discard the answer before the client reads it: drain briefly first.
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            for _ in range(64):  # at most 4 MiB
+                if not self.connection.recv(1 << 16):
+                    break
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         path = urlsplit(self.path).path if hasattr(self, "path") else ""

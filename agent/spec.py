@@ -46,9 +46,12 @@ class FileFilter:
                 for p in paths
                 if (not self.include or _matches(p, self.include)) and not _matches(p, self.exclude)
             ]
-        if not any(p.endswith(".safetensors") for p in paths):
+        kept = [p for p in paths if not _matches(p, DUPLICATE_WEIGHT_PATTERNS)]
+        # Only safetensors that survive the skip make the rest duplicates: a repo whose sole
+        # weights are `consolidated.safetensors` (Mistral's own format) keeps everything.
+        if not any(p.endswith(".safetensors") for p in kept):
             return paths
-        return [p for p in paths if not _matches(p, DUPLICATE_WEIGHT_PATTERNS)]
+        return kept
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Everything that asks "is this model ready?" asks this module. Layout under DIR:
     .preload/staging/ORG--NAME/<hash>.part        partial files (+ .journal with chunk progress)
     .preload/versions/ORG/NAME/<commit>/...       published files of the `dir` layout
     .preload/markers/<layout>/ORG/NAME.json       the manifest; written last, atomically
+    .preload/markers/<layout>/ORG/NAME/<commit>.json   other complete revisions (kept until GC)
     ORG/NAME -> ../.preload/versions/ORG/NAME/<commit>      (`dir` layout; swapped atomically)
     models--ORG--NAME/{blobs,snapshots,refs,trees}          (`hf-cache` layout, the hub's own)
 """
@@ -18,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,20 +54,42 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> set[Path]:
+    """`mkdir -p`; returns the directories that gained an entry (each new directory's parent),
+    which must be fsynced too before anything inside the new directories counts as durable."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+    return {d.parent for d in missing}
+
+
+def tmp_sibling(path: Path) -> Path:
+    """A temporary name beside `path`, unique per process and thread, and short: a name near
+    NAME_MAX (255 bytes) is valid for the file itself but leaves no room for a suffix."""
+    return path.with_name(f".preload-tmp-{os.getpid()}-{threading.get_ident()}")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write via a temp file, fsync, rename, fsync the directory (and any it had to create)."""
+    created = make_dirs(path.parent)
+    tmp = tmp_sibling(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+    for d in sorted(created, reverse=True):
+        fsync_dir(d)
 
 
 def _atomic_symlink(target: str, link: Path) -> None:
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp = tmp_sibling(link)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(target, tmp)
@@ -80,6 +104,18 @@ class Store:
         self.state = root / STATE
 
     # -- set-up --------------------------------------------------------------------
+
+    def check_dest(self) -> None:
+        """Refuse a DIR that cannot work, creating nothing: a non-directory, or no write access
+        to it (or, if it does not exist yet, to the directory it would be created in)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"destination {self.root} exists and is not a directory")
+        base = _existing_ancestor(self.root)
+        if not base.is_dir():
+            raise UsageError(f"destination {self.root} cannot be created: {base} is not a directory")
+        target = self.state if self.state.is_dir() else base
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise UsageError(f"destination {self.root} is not writable")
 
     def prepare(self) -> None:
         """Check DIR is a writable directory (creating it if needed), and lay out our state dir."""
@@ -105,8 +141,7 @@ class Store:
 
         Yields False if the deadline passed first. `deadline=0` means "try once".
         """
-        path = self.state / "locks" / f"{spec.org}--{spec.name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._lock_path(spec), os.O_RDWR | os.O_CREAT, 0o644)
         started = time.monotonic()
         try:
             while True:
@@ -124,9 +159,12 @@ class Store:
         finally:
             os.close(fd)
 
+    def _lock_path(self, spec: ModelSpec) -> Path:
+        return self.state / "locks" / f"{spec.org}--{spec.name}.lock"
+
     def is_locked(self, spec: ModelSpec) -> bool:
         """True if some process holds the model's lock right now."""
-        if not (self.state / "locks").is_dir():
+        if not self._lock_path(spec).exists():
             return False
         with self.lock(spec, deadline=0) as got:
             return not got
@@ -169,10 +207,23 @@ class Store:
 
     # -- readiness -----------------------------------------------------------------
 
+    def other_marker_path(self, spec: ModelSpec, commit: str) -> Path:
+        """The marker of a complete revision that is not the one DIR/ORG/NAME (or refs) shows."""
+        return self.state / "markers" / spec.layout.value / spec.org / spec.name / f"{commit}.json"
+
     def read_marker(self, spec: ModelSpec) -> Manifest | None:
-        """The marker's manifest if present and well-formed for this repo and layout."""
+        """The current marker's manifest if present and well-formed for this repo and layout."""
+        return self._read_manifest(spec, self.marker_path(spec))
+
+    def other_markers(self, spec: ModelSpec) -> list[Manifest]:
+        """The other complete revisions' manifests, newest first."""
+        base = self.other_marker_path(spec, "x").parent
+        found = [m for p in sorted(base.glob("*.json")) if (m := self._read_manifest(spec, p))]
+        return sorted(found, key=lambda m: -m.completed_at)
+
+    def _read_manifest(self, spec: ModelSpec, path: Path) -> Manifest | None:
         try:
-            data = self.marker_path(spec).read_bytes()
+            data = path.read_bytes()
         except OSError:
             return None
         try:
@@ -181,22 +232,48 @@ class Store:
             return None
         if m.repo != spec.repo or m.layout != spec.layout.value:
             return None
+        if path != self.marker_path(spec) and path.name != f"{m.commit}.json":
+            return None
         return m
 
-    def ready(self, spec: ModelSpec) -> Manifest | None:
-        """The manifest if the requested revision is published and every file is in place."""
-        m = self.read_marker(spec)
-        if m is None:
-            return None
-        if spec.pinned and m.commit != spec.revision:
-            return None
-        if not spec.pinned and m.revision != spec.revision:
-            return None
-        if not self._pointer_ok(spec, m):
-            return None
-        return m if not self.fast_check(spec, m) else None
+    def ready(self, spec: ModelSpec, *, selection: bool = True) -> Manifest | None:
+        """The manifest if the requested revision is published and every file is in place.
+
+        With `selection`, the published files must also include every file the spec's
+        filter selects from the commit's listing (a run asking for more files is not served
+        by one that fetched fewer). Waiters pass False: they want the model as configured.
+        """
+        current = self.read_marker(spec)
+        if current is not None and self._serves(spec, current, selection) and self._pointer_ok(spec, current):
+            return current
+        # Another revision published beside the current one (a pinned commit, or what a
+        # branch resolved to before a --refresh moved it): found offline, pointers untouched.
+        if spec.pinned:
+            other = self._read_manifest(spec, self.other_marker_path(spec, spec.revision))
+            candidates = [other] if other is not None else []
+        else:
+            candidates = self.other_markers(spec)
+        return next((m for m in candidates if self._serves(spec, m, selection)), None)
+
+    def _serves(self, spec: ModelSpec, m: Manifest, selection: bool) -> bool:
+        if m.commit != spec.revision if spec.pinned else m.revision != spec.revision:
+            return False
+        if selection:
+            wanted = spec.files.select(f.path for f in m.files + m.skipped)
+            have = {f.path for f in m.files}
+            if not wanted or not have.issuperset(wanted):
+                return False
+        return not self.fast_check(spec, m)
+
+    def reader_path(self, spec: ModelSpec, m: Manifest) -> Path:
+        """Where readers open this revision: DIR/ORG/NAME while it points there, else the
+        revision's own directory (`dir`); the snapshot directory (`hf-cache`)."""
+        if spec.layout is Layout.DIR and not self._pointer_ok(spec, m):
+            return self.version_dir(spec, m.commit)
+        return self.model_path(spec, m.commit)
 
     def _pointer_ok(self, spec: ModelSpec, m: Manifest) -> bool:
+        """Whether DIR/ORG/NAME (or refs/<revision>) shows readers this manifest's commit."""
         if spec.layout is Layout.DIR:
             try:
                 return Path(os.readlink(self.model_path(spec))).name == m.commit
@@ -238,7 +315,7 @@ class Store:
 
     def check_space(self, needed: int) -> None:
         """Refuse to start when the bytes still needed (plus a margin) exceed free space."""
-        st = os.statvfs(self.root)
+        st = os.statvfs(_existing_ancestor(self.root))
         free = st.f_bavail * st.f_frsize
         margin = max(SPACE_MARGIN_MIN, int(needed * SPACE_MARGIN_FRACTION))
         if needed and needed + margin > free:
@@ -251,11 +328,34 @@ class Store:
     # -- publish -------------------------------------------------------------------
 
     def publish(self, spec: ModelSpec, m: Manifest) -> Path:
-        """Make a fully verified, durable set of files visible; the marker is written last."""
+        """Make a fully verified, durable set of files visible; the marker is written last.
+
+        A branch or tag, or the first revision, becomes current: DIR/ORG/NAME (or refs) moves
+        to it, and the revision it replaces stays findable as another one until GC. A pinned
+        commit published while another is current goes beside it: pods reading the current
+        one are not switched to an older or unrelated commit under their feet.
+        """
+        current = self.read_marker(spec)
+        beside = spec.pinned and current is not None and current.commit != m.commit
         crashpoints.reached("before_pointer")
+        if beside:
+            path = (
+                self.version_dir(spec, m.commit)
+                if spec.layout is Layout.DIR
+                else self._publish_hf_cache(spec, m)
+            )
+            crashpoints.reached("before_marker")
+            atomic_write(self.other_marker_path(spec, m.commit), m.to_json().encode())
+            crashpoints.reached("after_marker")
+            return path
+        if current is not None and current.commit != m.commit:
+            atomic_write(self.other_marker_path(spec, current.commit), current.to_json().encode())
         path = self._publish_dir(spec, m) if spec.layout is Layout.DIR else self._publish_hf_cache(spec, m)
         crashpoints.reached("before_marker")
         atomic_write(self.marker_path(spec), m.to_json().encode())
+        with contextlib.suppress(FileNotFoundError):
+            # The current marker now speaks for this commit.
+            self.other_marker_path(spec, m.commit).unlink()
         crashpoints.reached("after_marker")
         return path
 
@@ -265,18 +365,20 @@ class Store:
             raise UsageError(
                 f"{link} exists and was not written by preload; move it away or pick another --dest"
             )
-        link.parent.mkdir(parents=True, exist_ok=True)
+        created = make_dirs(link.parent)
         target = os.path.relpath(self.version_dir(spec, m.commit), link.parent)
         _atomic_symlink(target, link)
-        fsync_dir(link.parent)
+        for d in sorted({link.parent, *created}, reverse=True):
+            fsync_dir(d)
         return link
 
     def _publish_hf_cache(self, spec: ModelSpec, m: Manifest) -> Path:
         repo = self.hf_repo_dir(spec)
         snap = repo / "snapshots" / m.commit
+        created: set[Path] = set()
         for f in m.files:
             link = snap / f.path
-            link.parent.mkdir(parents=True, exist_ok=True)
+            created |= make_dirs(link.parent)
             target = os.path.relpath(repo / "blobs" / f.digest.hex, link.parent)
             if not (link.is_symlink() and os.readlink(link) == target):
                 _atomic_symlink(target, link)
@@ -298,7 +400,7 @@ class Store:
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
             atomic_write(tag, b"Signature: 8a477f597d28d172789f06886806bc55\n")
-        for d in {(snap / f.path).parent for f in m.files}:
+        for d in sorted({(snap / f.path).parent for f in m.files} | created, reverse=True):
             fsync_dir(d)
         if not spec.pinned:
             # The hub client reads refs/<rev> verbatim: no trailing newline.
@@ -308,6 +410,14 @@ class Store:
     def remove_staging(self, spec: ModelSpec) -> None:
         """Drop a model's leftover partial files."""
         shutil.rmtree(self.staging_dir(spec), ignore_errors=True)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """`path`, or the nearest parent of it that exists."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def fmt_bytes(n: int) -> str:

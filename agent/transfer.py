@@ -3,9 +3,9 @@
 A file is cut into chunks. Each file starts as one sequential stream, chunk after chunk,
 hashed in memory as it arrives. When more connections raise the rate (a CDN capping
 single streams), idle workers take chunks from the far end of the files (`_Splitter`);
-those are hashed by reading them back once the hash frontier reaches them. Each chunk's
-progress is journaled every JOURNAL_EVERY bytes, so a killed process loses little per
-connection. Large files are written with O_DIRECT and read back the same way: the page
+those go through the page cache and are hashed from there once the hash frontier reaches
+them. Each chunk's progress is journaled every JOURNAL_EVERY bytes, so a killed process
+loses little per connection. A large file's own stream is written with O_DIRECT: the page
 cache is not filled (on a busy node, allocating it costs more than the disk I/O).
 Only a file whose hash matches is renamed into place.
 """
@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import errno
 import functools
-import mmap
 import os
 import shutil
 import threading
@@ -29,20 +28,24 @@ from pathlib import Path
 from typing import cast
 
 from agent import crashpoints, log, retry
+from agent.buffers import DIRECT_ALIGN, BufferPool
 from agent.errors import DeadlineExceeded, DiskSpaceError, IntegrityError, PreloadError
 from agent.integrity import STREAM_BLOCK, Hasher
 from agent.manifest import RemoteFile
 from agent.sources import Block, Snapshot, Source
 from agent.spec import ModelSpec
-from agent.store import Placement, fsync_dir, is_no_space
+from agent.store import Placement, fsync_dir, is_no_space, make_dirs, tmp_sibling
 
 JOURNAL_EVERY = 256 << 10  # an append without fsync: cheap, and a kill -9 loses less per connection
 JOURNAL_SUFFIX = ".journal"
 MIN_CHUNK = 32 << 20  # below this a range costs more in requests than it gains in parallelism
 DROP_LAG = 64 << 20  # pages this far behind the writer have likely been written back
 DIRECT_MIN = 4 << 20  # files from this size are written with O_DIRECT
-DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT I/O
 DIRECT_FLUSH = 512 << 10  # per write: large enough for the disk, small enough that a kill loses little
+# Shared by every transfer in the process: the staging buffers of connections whose blocks
+# cannot go to disk as they are, and the buffers of hash read-backs (one per file at most).
+_STAGES = BufferPool(DIRECT_FLUSH)
+_READS = BufferPool(STREAM_BLOCK)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -172,6 +175,7 @@ class _Job:
         self.hasher: Hasher = file.digest.hasher(size)
         self.hash_pos = 0  # bytes folded into the hasher, in order
         self.claimed = [False] * len(self.chunks)  # chunks a worker has taken
+        self.cached = [False] * len(self.chunks)  # written through the page cache by this run
         self.finished = 0
         self.lock = threading.Lock()
         self.hash_lock = threading.Lock()
@@ -385,7 +389,6 @@ class Transfer:
         self.opts = opts
         self.progress = progress
         self._stop = threading.Event()
-        self._local = threading.local()
         self._dirs: set[Path] = set()
         self._model_bytes = 0
         self._log = log.get()
@@ -408,11 +411,14 @@ class Transfer:
             return False
 
     @classmethod
-    def pending_bytes(cls, placements: Iterable[Placement]) -> int:
-        """Bytes still to be written to disk, counting space already allocated to partial files."""
+    def pending_bytes(cls, placements: Iterable[Placement], reuse: Mapping[str, Path] | None = None) -> int:
+        """Bytes still to be written to disk, counting space already allocated to partial files;
+        files in `reuse` (see `run`) are hard-linked and cost nothing."""
         total = 0
         for part, group in cls.group(placements).items():
             if any(cls._present(p) for p in group):
+                continue
+            if reuse and _same_size(reuse.get(group[0].file.digest.hex), group[0].file.size):
                 continue
             size = group[0].file.size
             try:
@@ -487,7 +493,7 @@ class Transfer:
         def task(job: _Job, idx: int | None) -> None:
             try:
                 if idx is not None:
-                    self._chunk(job, idx)
+                    self._chunk(job, idx, helper=True)
                 elif not job.chunks:
                     self._chunk(job, -1)
                 else:  # the file's sequential stream: chunk after chunk until a helper's
@@ -531,7 +537,10 @@ class Transfer:
         if self.opts.deadline is not None and time.monotonic() > self.opts.deadline:
             raise DeadlineExceeded("timed out before the transfer finished")
 
-    def _chunk(self, job: _Job, idx: int) -> None:
+    def _chunk(self, job: _Job, idx: int, helper: bool = False) -> None:
+        """Fetch one chunk. The file's own stream writes with O_DIRECT and hashes in memory; a
+        helper's chunk is hashed later, once the hash frontier reaches it, so it goes through
+        the page cache and is hashed from there rather than read back from the disk."""
         self._check()
         if idx < 0:  # an empty file
             self._finish(job)
@@ -547,9 +556,10 @@ class Transfer:
             if pos >= end:
                 return
             with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
-                if job.dfd is not None and pos % DIRECT_ALIGN == 0:
+                if job.dfd is not None and pos % DIRECT_ALIGN == 0 and not helper:
                     self._stream_direct(job, idx, stream, pos)
                 else:
+                    job.cached[idx] = True
                     self._stream_buffered(job, idx, stream, pos)
             job.record(idx)
 
@@ -602,55 +612,49 @@ class Transfer:
                 _drop_behind(job, pos)
 
     def _stream_direct(self, job: _Job, idx: int, stream: Iterable[Block], pos: int) -> None:
-        """Gather blocks in an aligned buffer and write it with O_DIRECT when full.
+        """Write blocks with O_DIRECT: as they are when aligned, else gathered in a staging buffer.
 
         The page cache is never touched: no fresh pages to allocate (most of a buffered
-        download's system time) and no dirty gigabytes charged to the pod's memory. Only what
-        is written counts as done (hash, journal, progress), so a retry resumes at an aligned
-        offset. A file's unaligned tail goes through the page cache.
+        download's system time) and no dirty gigabytes charged to the pod's memory. The
+        sources' own buffers are page-aligned and sized for it, so their blocks normally go
+        to disk without a copy. Only what is written counts as done (hash, journal,
+        progress), so a retry resumes at an aligned offset. A file's unaligned tail goes
+        through the page cache.
         """
-        stage = self._buffer("stage", DIRECT_FLUSH)
-        fill = since_journal = 0
-        for block in stream:
-            self._check()
-            view = memoryview(block)
-            if not fill and len(view) >= DIRECT_FLUSH and not len(view) % DIRECT_ALIGN:
-                # An aligned source buffer (a directory source's) goes to disk as it is: one
-                # copy less. EINVAL means its address is not aligned: stage it after all.
-                try:
-                    self._write(job, view, pos, direct=True, strict=True)
-                except _Misaligned:
-                    pass
-                else:
-                    pos += len(view)
-                    since_journal = self._landed(job, idx, view, pos, since_journal)
-                    continue
-            while view:
-                k = min(len(view), len(stage) - fill)
-                stage[fill : fill + k] = view[:k]
-                fill, view = fill + k, view[k:]
-                if fill == len(stage):
-                    self._write(job, stage, pos, direct=True)
-                    pos += fill
-                    since_journal = self._landed(job, idx, stage, pos, since_journal)
-                    fill = 0
-        if fill:
-            aligned = fill - fill % DIRECT_ALIGN
-            if aligned:
-                self._write(job, stage[:aligned], pos, direct=True)
-            if fill > aligned:
-                self._write(job, stage[aligned:fill], pos + aligned)
-            self._landed(job, idx, stage[:fill], pos + fill, since_journal)
-
-    def _buffer(self, use: str, size: int) -> memoryview:
-        """This thread's page-aligned buffer (anonymous mmap, as O_DIRECT needs) for one use:
-        staging writes or reading back (a catch-up read-back happens while a block is staged).
-        Reused, because a fresh buffer per use costs page faults and fragments the heap."""
-        buf: memoryview | None = getattr(self._local, use, None)
-        if buf is None:
-            buf = memoryview(mmap.mmap(-1, size))
-            setattr(self._local, use, buf)
-        return buf
+        with contextlib.ExitStack() as stack:
+            stage: memoryview | None = None
+            fill = since_journal = 0
+            for block in stream:
+                self._check()
+                view = memoryview(block)
+                if not fill and len(view) >= DIRECT_ALIGN:
+                    aligned = view[: len(view) - len(view) % DIRECT_ALIGN]
+                    try:
+                        self._write(job, aligned, pos, direct=True, strict=True)
+                    except _Misaligned:
+                        pass  # the block's address is not aligned (bytes from httpx): stage it
+                    else:
+                        pos += len(aligned)
+                        since_journal = self._landed(job, idx, aligned, pos, since_journal)
+                        view = view[len(aligned) :]  # a remainder: only at a file's end
+                while view:
+                    if stage is None:
+                        stage = stack.enter_context(_STAGES.lend())
+                    k = min(len(view), len(stage) - fill)
+                    stage[fill : fill + k] = view[:k]
+                    fill, view = fill + k, view[k:]
+                    if fill == len(stage):
+                        self._write(job, stage, pos, direct=True)
+                        pos += fill
+                        since_journal = self._landed(job, idx, stage, pos, since_journal)
+                        fill = 0
+            if stage is not None and fill:
+                aligned_fill = fill - fill % DIRECT_ALIGN
+                if aligned_fill:
+                    self._write(job, stage[:aligned_fill], pos, direct=True)
+                if fill > aligned_fill:
+                    self._write(job, stage[aligned_fill:fill], pos + aligned_fill)
+                self._landed(job, idx, stage[:fill], pos + fill, since_journal)
 
     def _write(self, job: _Job, block: Block, pos: int, direct: bool = False, strict: bool = False) -> None:
         fd = job.dfd if direct and job.direct_ok else job.fd
@@ -710,31 +714,35 @@ class Transfer:
         return e if job.written[idx] >= e - s else None
 
     def _hash_range(self, job: _Job, start: int, end: int) -> None:
-        """Hash a finished range from the part file: with O_DIRECT when it was written that way
-        (its pages are not in the page cache, and a buffered read would allocate them)."""
+        """Hash a finished range of one chunk from the part file: from the page cache when this
+        run wrote the chunk through it (a helper's), else with O_DIRECT (bytes written that way,
+        or by an earlier run: not in the page cache, and a buffered read would allocate them)."""
         assert job.fd is not None
-        buf = self._buffer("read", STREAM_BLOCK)
-        direct = job.dfd is not None and job.direct_ok and start % DIRECT_ALIGN == 0
-        pos = start
-        while pos < end:
-            self._check()
-            want = min(len(buf), end - pos)
-            try:
-                if direct:
-                    assert job.dfd is not None
-                    got = os.preadv(job.dfd, [buf[: -(-want // DIRECT_ALIGN) * DIRECT_ALIGN]], pos)
-                else:
-                    got = os.preadv(job.fd, [buf[:want]], pos)
-            except OSError as exc:
-                if direct and exc.errno == errno.EINVAL:
-                    direct = False
-                    continue
-                raise PreloadError(f"cannot read back {job.part}: {exc.strerror}") from exc
-            n = min(got, want)
-            if not n:
-                raise IntegrityError(f"{job.file.path}: part file shorter than expected")
-            job.hasher.update(buf[:n])
-            pos += n
+        idx = next(i for i, (s, e) in enumerate(job.chunks) if s <= start < e)
+        with _READS.lend() as buf:
+            direct = (
+                job.dfd is not None and job.direct_ok and not job.cached[idx] and start % DIRECT_ALIGN == 0
+            )
+            pos = start
+            while pos < end:
+                self._check()
+                want = min(len(buf), end - pos)
+                try:
+                    if direct:
+                        assert job.dfd is not None
+                        got = os.preadv(job.dfd, [buf[: -(-want // DIRECT_ALIGN) * DIRECT_ALIGN]], pos)
+                    else:
+                        got = os.preadv(job.fd, [buf[:want]], pos)
+                except OSError as exc:
+                    if direct and exc.errno == errno.EINVAL:
+                        direct = False
+                        continue
+                    raise PreloadError(f"cannot read back {job.part}: {exc.strerror}") from exc
+                n = min(got, want)
+                if not n:
+                    raise IntegrityError(f"{job.file.path}: part file shorter than expected")
+                job.hasher.update(buf[:n])
+                pos += n
 
     def _finish(self, job: _Job) -> None:
         got = job.hasher.hexdigest()
@@ -756,7 +764,7 @@ class Transfer:
             os.posix_fadvise(job.fd, 0, 0, os.POSIX_FADV_DONTNEED)
         job.close()
         first = job.finals[0]
-        first.parent.mkdir(parents=True, exist_ok=True)
+        self._dirs.update(make_dirs(first.parent))
         os.replace(job.part, first)
         crashpoints.reached("file_renamed")
         with contextlib.suppress(FileNotFoundError):
@@ -767,14 +775,19 @@ class Transfer:
         self.progress.file_finished()
 
     def _link(self, src: Path, dst: Path) -> None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        self._dirs.update(make_dirs(dst.parent))
+        tmp = tmp_sibling(dst)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         try:
             os.link(src, tmp)
-        except OSError:
+        except OSError:  # a filesystem without hard links: a durable copy
             shutil.copyfile(src, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, dst)
         self._dirs.add(dst.parent)
 

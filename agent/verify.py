@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import log
-from agent.errors import IntegrityError, NotReadyError, PreloadError
+from agent.errors import IntegrityError, Interrupted, NotReadyError, PreloadError
 from agent.integrity import hash_file
 from agent.manifest import Manifest, RemoteFile
 from agent.sources import SourceFactory
@@ -103,10 +104,12 @@ def verify(
     revision: str | None = None,
     workers: int = HASH_WORKERS,
     rehash: bool = True,
+    cancel: threading.Event | None = None,
 ) -> VerifyReport:
     """Check a published model; `revision` (if given) must be the one published.
 
     `rehash=False` only stats (for `status`): files modified since publish count as corrupt.
+    Raises Interrupted soon after `cancel` is set (between files, and between reads of one).
     """
     started = time.monotonic()
     report = VerifyReport(spec.repo, spec.layout.value, deep)
@@ -124,6 +127,8 @@ def verify(
     trusted_until = max(m.completed_at, _sound_since(store, spec, m))
     to_hash: list[Placement] = []
     for p in _unique(store.placements(spec, m.commit, m.files)):
+        if cancel is not None and cancel.is_set():
+            raise Interrupted(f"verification of {spec.repo} stopped")
         try:
             st = p.final.stat()
         except OSError:
@@ -136,7 +141,7 @@ def verify(
     report.missing += _broken_pointers(store, spec, m)
     report.extra = _extra_files(store, spec, m)
     if rehash:
-        bad = _hash_check(to_hash, workers)
+        bad = _hash_check(to_hash, workers, cancel)
         report.corrupt += bad
         if not deep:
             report.touched = [p.file.path for p in to_hash if p.file.path not in bad]
@@ -228,11 +233,13 @@ def _unique(placements: list[Placement]) -> list[Placement]:
     return out
 
 
-def _hash_check(placements: list[Placement], workers: int) -> list[str]:
+def _hash_check(
+    placements: list[Placement], workers: int, cancel: threading.Event | None = None
+) -> list[str]:
     def bad(p: Placement) -> bool:
         f: RemoteFile = p.file
         try:
-            return hash_file(p.final, f.digest.algo, f.size).hexdigest() != f.digest.hex
+            return hash_file(p.final, f.digest.algo, f.size, cancel=cancel).hexdigest() != f.digest.hex
         except OSError:
             return True
 

@@ -2,10 +2,11 @@
 
 Two ways to know:
 - `--dest`: read the node cache (a hostPath mount) directly; no network. The marker is
-  written last, so its file is what we watch: a stat of one path every 0.25 s (one
-  syscall, no inotify dependency and it works on every filesystem, including network
-  ones where inotify sees nothing), plus a full readiness check whenever it changes and
-  every few seconds anyway.
+  written last, so its file is what we watch: inotify on its nearest existing directory
+  wakes a full readiness check (agent.watch; a stat poll where inotify is unavailable),
+  and the check also runs every few seconds anyway (network filesystems, where inotify
+  sees nothing of other hosts' writes). This mode cannot see a failed preload: only
+  --timeout ends it.
 - `--agent`: ask the node's agent over HTTP; print its progress; ride out connection
   refused and agent restarts until the deadline.
 """
@@ -22,10 +23,10 @@ import httpx
 from agent import log, usage
 from agent.errors import DeadlineExceeded, NotFoundError, PreloadError, UsageError
 from agent.manifest import Manifest
-from agent.spec import ModelSpec
+from agent.spec import COMMIT_RE, ModelSpec
 from agent.store import Store, fmt_bytes
+from agent.watch import PathWatch
 
-DEST_POLL = 0.25
 FULL_CHECK_EVERY = 5.0
 AGENT_POLL = 1.0
 REPORT_EVERY = 5.0
@@ -39,35 +40,30 @@ class ModelFailedError(PreloadError):
 def wait_dest(spec: ModelSpec, dest: Path, timeout: float, any_revision: bool) -> Manifest:
     """Return the manifest once `spec` is ready under `dest`; `any_revision` accepts any published one."""
     store = Store(dest)
-    marker = store.marker_path(spec)
     logger = log.get().bind(repo=spec.repo, layout=spec.layout.value, dest=str(dest))
     started = time.monotonic()
-    seen: tuple[int, int, int] | None = None
-    next_full = next_report = started
-    while True:
-        now = time.monotonic()
-        signature = _signature(marker)
-        if signature != seen or now >= next_full:
-            seen, next_full = signature, now + FULL_CHECK_EVERY
-            m = _ready(store, spec, any_revision)
+    deadline = started + timeout if timeout else float("inf")
+    next_report = started
+    with PathWatch(store.marker_path(spec)) as watch:
+        while True:
+            m = _ready(store, spec, any_revision)  # set up the watch first: nothing is missed
             if m is not None:
                 usage.touch(dest, replace(spec, revision=m.revision))
-                logger.info("model_ready", commit=m.commit, path=str(store.model_path(spec, m.commit)))
+                logger.info("model_ready", commit=m.commit, path=str(store.reader_path(spec, m)))
                 return m
-        if timeout and now - started >= timeout:
-            raise DeadlineExceeded(f"timed out after {timeout:g}s waiting for {spec.repo} under {dest}")
-        if now >= next_report:
-            next_report = now + REPORT_EVERY
-            logger.info("waiting", waited_s=round(now - started, 1), reason="no valid completion marker yet")
-        time.sleep(DEST_POLL)
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_ino, st.st_size
+            now = time.monotonic()
+            if now >= deadline:
+                raise DeadlineExceeded(f"timed out after {timeout:g}s waiting for {spec.repo} under {dest}")
+            if now >= next_report:
+                next_report = now + REPORT_EVERY
+                logger.info(
+                    "waiting",
+                    waited_s=round(now - started, 1),
+                    reason="no valid completion marker yet",
+                    watch=watch.mode,
+                )
+            wake = min(now + FULL_CHECK_EVERY, next_report, deadline)
+            watch.wait(max(0.0, wake - time.monotonic()))
 
 
 def _ready(store: Store, spec: ModelSpec, any_revision: bool) -> Manifest | None:
@@ -76,7 +72,7 @@ def _ready(store: Store, spec: ModelSpec, any_revision: bool) -> Manifest | None
         if m is None:
             return None
         spec = replace(spec, revision=m.revision)
-    return store.ready(spec)
+    return store.ready(spec, selection=False)
 
 
 def wait_agent(url: str, spec: ModelSpec, timeout: float, any_revision: bool) -> dict[str, Any]:
@@ -129,16 +125,26 @@ def _ask(client: httpx.Client, endpoint: str, spec: ModelSpec, base: str) -> dic
 
 
 def _check_match(view: dict[str, Any], spec: ModelSpec, any_revision: bool, base: str) -> None:
+    """Raise NotFoundError when the agent keeps this model in another layout or revision.
+
+    A commit asked for matches while the agent does not know its configured revision's commit
+    yet (it may resolve to it); only a different known commit is a mismatch.
+    """
     if view.get("layout") != spec.layout.value:
         raise NotFoundError(
             f"the agent at {base} keeps {spec.repo} in the {view.get('layout')} layout, "
             f"not {spec.layout.value}; pass --layout {view.get('layout')}"
         )
-    if not any_revision and spec.revision not in (view.get("revision"), view.get("commit")):
-        raise NotFoundError(
-            f"the agent at {base} is configured for {spec.repo}@{view.get('revision')}, "
-            f"not revision {spec.revision}"
-        )
+    if any_revision or spec.revision == view.get("revision"):
+        return
+    commit = view.get("commit")
+    if COMMIT_RE.match(spec.revision) and commit in (None, spec.revision):
+        return
+    known = f" (commit {commit})" if commit else ""
+    raise NotFoundError(
+        f"the agent at {base} is configured for {spec.repo}@{view.get('revision')}{known}, "
+        f"not revision {spec.revision}"
+    )
 
 
 def _describe(view: dict[str, Any]) -> str:

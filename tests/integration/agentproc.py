@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -14,7 +15,11 @@ from typing import Any, TypeVar
 
 import httpx
 
-from agent.hubserver import HubFile, HubRepo
+from agent.hubserver import HubFile, HubRepo, HubServer
+from agent.integrity import SHA256, Digest
+from agent.manifest import Manifest, RemoteFile
+from agent.spec import ModelSpec
+from agent.store import Store
 from tests.conftest import base_env, free_port
 
 T = TypeVar("T")
@@ -35,6 +40,42 @@ def small_repo(repo_id: str, salt: bytes = b"") -> HubRepo:
     """A small two-file model whose content depends on its id (and `salt`, for new commits)."""
     body = (repo_id.encode() + salt) * 2000
     return HubRepo(repo_id, [HubFile("config.json", b"{}\n" + salt), HubFile("model.safetensors", body)])
+
+
+def publish_sparse(dest: Path, repo: str, sizes: Mapping[str, int], true_hashes: bool = True) -> Manifest:
+    """Publish a model of zero-filled sparse files straight into the cache, as a preload would.
+
+    Every file's mtime is an hour ahead, so the agent's fast check re-hashes them at each pass
+    (a large model costs seconds of hashing but no disk). Without `true_hashes` the recorded
+    hashes are wrong (a check that finishes finds the model damaged) and cost nothing to make.
+    """
+    store = Store(dest)
+    store.prepare()
+    spec = ModelSpec(repo)
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    files = tuple(
+        RemoteFile(path, size, Digest(SHA256, _zeros_sha256(size) if true_hashes else "0" * 64))
+        for path, size in sizes.items()
+    )
+    now = time.time()
+    m = Manifest(repo, "main", commit, "dir", "hf", files, now, now)
+    ahead = now + 3600
+    for f in files:
+        path = store.version_dir(spec, commit) / f.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as out:
+            out.truncate(f.size)
+        os.utime(path, (ahead, ahead))
+    store.publish(spec, m)
+    return m
+
+
+def _zeros_sha256(size: int) -> str:
+    h, block = hashlib.sha256(), bytes(min(size, 8 << 20))
+    while size > 0:
+        h.update(block[: min(size, len(block))])
+        size -= len(block)
+    return h.hexdigest()
 
 
 def eventually(fn: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
@@ -126,6 +167,12 @@ class AgentProc:
             if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " ")
         )
 
+    def event(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The first log event with this name, waiting for it to be logged."""
+        return eventually(
+            lambda: next((e for e in self.events() if e.get("event") == name), None), timeout, name
+        )
+
     def events(self) -> list[dict[str, Any]]:
         """Every JSON log line so far."""
         out = []
@@ -171,3 +218,12 @@ def configmap(dir_: Path, text: str, generation: int) -> Path:
     if not link.is_symlink():
         os.symlink("..data/config.yaml", link)
     return link
+
+
+def start_agent(
+    agents: list[AgentProc], tmp_path: Path, hub: HubServer, config: Path, dest: Path, **env: str
+) -> AgentProc:
+    """Start one agent process and remember it (in the `agents` fixture) for clean-up."""
+    agent = AgentProc(tmp_path, hub.url, config, dest, env)
+    agents.append(agent)
+    return agent.start()

@@ -24,27 +24,10 @@ from tests.integration.agentproc import (
     configmap,
     eventually,
     small_repo,
+    start_agent,
 )
 
 SECOND = "test-org/second"
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[list[AgentProc]]:
-    """Agents started by a test; all stopped afterwards."""
-    started: list[AgentProc] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
-def start_agent(
-    agents: list[AgentProc], tmp_path: Path, hub: HubServer, config: Path, dest: Path, **env: str
-) -> AgentProc:
-    """Start one agent process and remember it for clean-up."""
-    agent = AgentProc(tmp_path, hub.url, config, dest, env)
-    agents.append(agent)
-    return agent.start()
 
 
 def write(path: Path, text: str) -> Path:
@@ -90,6 +73,10 @@ def test_progress_is_visible_during_a_download(
         == 1
     )
     assert agent.get("/readyz")[0] == 503
+    counted = eventually(
+        lambda: agent.metric('model_cache_transferred_bytes_total{source="hf"}'), 5, "bytes counted"
+    )
+    assert 0 < counted < BIG_SIZE and agent.model(BIG)["state"] == "downloading"
     agent.wait_state(BIG, "ready", 30)
     assert agent.metric("model_cache_transferred_bytes_total") >= BIG_SIZE
 
@@ -113,10 +100,12 @@ def test_api_rejects_bad_requests_without_tracebacks(
         reply = s.recv(4096)
     assert reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n", 1)[0]
     assert b"Traceback" not in reply
-    agent.get("/livez")
-    agent.get("/readyz")
+    for probe in ("/livez", "/readyz", "/metrics"):
+        assert agent.get(probe)[0] in (200, 503)
+    assert agent.get("/nope")[0] == 404  # logged after the probes: their lines would be in by now
     logged = [e.get("path") for e in agent.events() if e.get("event") == "api_request"]
-    assert "/nope" in logged and "/livez" not in logged and "/readyz" not in logged
+    assert logged.count("/nope") == 2
+    assert not {"/livez", "/readyz", "/metrics"} & set(logged)
 
 
 def test_config_reload_add_remove_and_invalid(
@@ -248,3 +237,36 @@ def test_full_disk_runs_gc_once_before_the_download(
     removed = [e for e in agent.events() if e.get("event") == "gc_removed"]
     assert [e["repo"] for e in removed] == ["a/filler"]
     assert agent.metric("model_cache_gc_evicted_bytes_total") >= 94 << 20
+
+
+def test_metrics_count_retries_durations_and_disk(
+    tmp_path: Path, hub: HubServer, agents: list[AgentProc]
+) -> None:
+    """A 503 retried, a finished transfer and the disk all show in /metrics with their units."""
+    hub.add_repo(big_repo())
+    hub.add_fault(Fault(kind="cdn", status=503, times=1))
+    config = write(tmp_path / "c.yaml", f"models: [{BIG}]\n")
+    agent = start_agent(agents, tmp_path, hub, config, tmp_path / "cache")
+    agent.wait_state(BIG, "ready", 30)
+    assert agent.metric("model_cache_retries_total") >= 1
+    assert agent.metric('model_cache_transfer_duration_seconds_count{outcome="ok"}') == 1
+    assert agent.metric("model_cache_disk_free_bytes") > 0
+    assert agent.metric("model_cache_disk_total_bytes") >= agent.metric("model_cache_disk_free_bytes")
+
+
+def test_agent_uses_the_root_read_timeout_and_drop_cache(
+    tmp_path: Path, hub: HubServer, agents: list[AgentProc]
+) -> None:
+    """PRELOAD_READ_TIMEOUT=1s turns a 5 s stall into a retry; PRELOAD_DROP_CACHE reaches the agent."""
+    hub.add_repo(big_repo())
+    hub.add_fault(Fault(kind="cdn", stall=5, stall_after=4096, times=1))
+    config = write(tmp_path / "c.yaml", f"models: [{BIG}]\n")
+    began = time.monotonic()
+    agent = start_agent(
+        agents, tmp_path, hub, config, tmp_path / "cache", PRELOAD_READ_TIMEOUT="1s", PRELOAD_DROP_CACHE="1"
+    )
+    agent.wait_state(BIG, "ready", 30)
+    assert agent.metric("model_cache_retries_total") >= 1  # with the default 30 s it just waits
+    assert time.monotonic() - began < 15
+    start = agent.event("agent_start")
+    assert start["drop_cache"] is True

@@ -2,6 +2,7 @@
 
 helm comes from scripts/install-helm.sh (PATH or the npm layer package), checkov from
 scripts/install-checkov.sh (its own venv), kubernetes-validate from the dev dependencies.
+Without one of them its tests skip, or fail when MODEL_CACHE_TEST_REQUIRE names it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,8 @@ import pytest
 import yaml
 
 from agent.hubserver import HubServer
-from tests.conftest import free_port, http_status
+from tests.conftest import tool_unavailable
+from tests.integration import podrun
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "model-cache"
@@ -42,36 +41,19 @@ pytestmark = pytest.mark.helm
 
 
 # --- tools -----------------------------------------------------------------------------
-
-
-def _tool_dir(script: str) -> str:
-    """Run a scripts/install-*.sh and return the path it prints, or skip with its error."""
-    proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / script)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.skip(f"scripts/{script} could not provide the tool: {proc.stderr.strip()[-500:]}")
-    return proc.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    """Path of a working helm binary."""
-    return str(Path(_tool_dir("install-helm.sh")) / "helm")
-
-
-@pytest.fixture(scope="session")
-def checkov() -> str:
-    """Path of a working checkov executable."""
-    return _tool_dir("install-checkov.sh")
+# helm and checkov: fixtures in tests/integration/conftest.py.
 
 
 @pytest.fixture(scope="session")
 def kube_validate() -> Any:
     """The kubernetes_validate module (a dev dependency)."""
-    return pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate is not installed (pip install it)"
-    )
+    try:
+        import kubernetes_validate
+    except ImportError as err:
+        tool_unavailable(
+            "kubernetes-validate", f"kubernetes-validate is not installed (pip install it): {err}"
+        )
+    return kubernetes_validate
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -430,26 +412,48 @@ def test_names_are_cut_at_63_characters(helm: str) -> None:
         assert all(len(v) <= 63 for v in doc["metadata"]["labels"].values())
 
 
+def _notes(helm: str, *args: str) -> str:
+    """The NOTES `helm install --dry-run=client` prints with these extra args."""
+    proc = run_helm(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client", *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
 def test_notes_explain_psa_and_waiting(helm: str) -> None:
     """NOTES.txt names the PSA label, rollout status, /v1/models and `preload wait`."""
-    proc = run_helm(
-        helm,
-        "install",
-        RELEASE,
-        str(CHART),
-        "--namespace",
-        NAMESPACE,
-        "--dry-run=client",
-        "-f",
-        str(CHART / "ci" / "minimal-values.yaml"),
-    )
-    assert proc.returncode == 0, proc.stderr
-    notes = proc.stdout.split("NOTES:", 1)[1]
+    notes = _notes(helm, "-f", str(CHART / "ci" / "minimal-values.yaml"))
     assert "pod-security.kubernetes.io/enforce=privileged" in notes
     assert f"rollout status daemonset/{RELEASE}-model-cache" in notes
     assert "/v1/models" in notes
-    assert "wait, --model, ORG/NAME, --dest, /models" in notes
-    assert f"--agent, http://{RELEASE}-model-cache.{NAMESPACE}.svc:8080" in notes
+    assert podrun.notes_wait_args(notes) == [
+        ["wait", "--model", "ORG/NAME", "--dest", "/models", "--timeout", "2h"],
+        [
+            "wait",
+            "--model",
+            "ORG/NAME",
+            "--agent",
+            f"http://{RELEASE}-model-cache.{NAMESPACE}.svc:8080",
+            "--timeout",
+            "2h",
+        ],
+    ]
+    assert "vllm serve /models/ORG/NAME" in notes
+    assert "--layout" not in notes
+
+
+def test_notes_wait_for_the_configured_layout(helm: str) -> None:
+    """With the hf-cache layout, both wait commands in NOTES pass `--layout hf-cache`."""
+    notes = _notes(helm, "-f", str(CHART / "ci" / "hf-cache-values.yaml"))
+    commands = podrun.notes_wait_args(notes)
+    assert len(commands) == 2
+    for args in commands:
+        assert args[args.index("--layout") + 1] == "hf-cache", args
+    assert "HF_HUB_CACHE=/models HF_HUB_OFFLINE=1 vllm serve ORG/NAME" in notes
+    assert "vllm-deployment-hf-cache.yaml" in notes
+    # A model with its own layout is named, with the flag it needs.
+    notes = _notes(helm, "--set", "models[0].id=a/b", "--set", "models[0].layout=hf-cache")
+    assert "a/b: hf-cache" in notes
+    assert all("--layout" not in args for args in podrun.notes_wait_args(notes))
 
 
 # --- the examples -----------------------------------------------------------------------
@@ -496,7 +500,11 @@ def test_hf_cache_example_uses_the_hub_cache() -> None:
     assert env["HF_HUB_CACHE"]["value"] == "/models"
     assert env["HF_HUB_OFFLINE"]["value"] == "1"
     assert vllm["args"][:2] == ["serve", "Qwen/Qwen2.5-0.5B-Instruct"]
-    assert "--agent" in pod["initContainers"][0]["args"]
+    (wait,) = pod["initContainers"]
+    assert "--agent" in wait["args"]
+    # Without it `wait` expects the `dir` layout and the agent answers "pass --layout hf-cache".
+    layout = wait["args"].index("--layout")
+    assert wait["args"][layout + 1] == "hf-cache"
 
 
 def test_one_shot_examples_preload() -> None:
@@ -539,137 +547,22 @@ def test_examples_use_one_preloader_image() -> None:
 # --- the chart, run locally as rendered -------------------------------------------------
 
 
-def _preload_has(subcommand: str) -> bool:
-    """Whether `preload SUBCOMMAND --help` works in this environment."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "agent", subcommand, "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
-    return proc.returncode == 0
-
-
-AGENT_MISSING = not (_preload_has("agent") and _preload_has("wait"))
-
-
-def _substitute(items: list[str], mapping: dict[str, str]) -> list[str]:
-    """Replace whole arguments, and path prefixes, per mapping."""
-    out = []
-    for item in items:
-        for old, new in mapping.items():
-            if item == old or item.startswith(old + "/"):
-                item = new + item[len(old) :]
-                break
-        out.append(item)
-    return out
-
-
-def _local_argv(command: list[str]) -> list[str]:
-    """Run the container's `preload` as this checkout's `python -m agent`."""
-    assert command[0] == "preload", command
-    return [sys.executable, "-m", "agent", *command[1:]]
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(AGENT_MISSING, reason="`preload agent`/`preload wait` are not implemented yet")
-def test_chart_runs_as_rendered(helm: str, hub: HubServer, tmp_path: Path) -> None:
-    """The DaemonSet's agent, as rendered, fills a cache from a test hub; the vLLM init wait returns."""
-    model = "demo-org/tiny-model"
-    docs = template(
-        helm,
-        "--set",
-        f"models[0].id={model}",
-        "--set",
-        "config.startupJitter=0s",
-        "--set",
-        f"hf.endpoint={hub.url}",
+@pytest.mark.parametrize("scenario", sorted(podrun.SCENARIOS))
+def test_chart_runs_as_rendered(helm: str, hub: HubServer, tmp_path: Path, scenario: str) -> None:
+    """The DaemonSet's agent, as rendered, fills a cache from the test hub; the example's and
+    the NOTES' wait commands, started before the model is ready, block and then return 0.
+
+    `default` is the dir layout with examples/vllm-deployment.yaml; `hf-cache` is
+    ci/hf-cache-values.yaml with examples/vllm-deployment-hf-cache.yaml. Local processes:
+    mount paths are mapped to temp dirs, the chown init container (root + CHOWN) is left to
+    the podman run in test_image.py.
+    """
+    outcome = podrun.run_chart_and_waiters(
+        helm, hub, tmp_path, podrun.SCENARIOS[scenario], lambda cluster: podrun.LocalRunner(cluster)
     )
-    container = agent_container(docs)
-    config_text = find(docs, "ConfigMap")["data"]["config.yaml"]
-
-    # The node: hostPath -> temp dir, ConfigMap mount -> temp dir, /tmp emptyDir -> temp dir.
-    cache = tmp_path / "node-cache"
-    cache.mkdir()
-    config_dir = tmp_path / "configmap"
-    config_dir.mkdir()
-    (config_dir / "config.yaml").write_text(config_text)
-    pod_tmp = tmp_path / "pod-tmp"
-    pod_tmp.mkdir()
-    port = free_port()
-    paths = {"/data/models": str(cache), "/etc/model-cache": str(config_dir), "/tmp": str(pod_tmp)}
-    args = _substitute(container["args"], {**paths, "0.0.0.0:8080": f"127.0.0.1:{port}"})
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PRELOAD_"))}
-    for var in container["env"]:
-        if "value" in var:
-            env[var["name"]] = _substitute([var["value"]], paths)[0]
-        elif "fieldRef" in var.get("valueFrom", {}):
-            env[var["name"]] = "local-node"
-    assert env["HF_ENDPOINT"] == hub.url
-    env["PYTHONPATH"] = str(REPO)
-
-    agent = subprocess.Popen(
-        _local_argv([*container["command"], *args]),
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        probe = container["readinessProbe"]["httpGet"]["path"]
-        deadline = time.monotonic() + 120
-        while http_status(f"{base}{probe}") != 200:
-            assert agent.poll() is None, agent.communicate()[0]
-            if time.monotonic() > deadline:
-                agent.terminate()
-                pytest.fail(f"agent never became ready:\n{agent.communicate(timeout=30)[0][-3000:]}")
-            time.sleep(0.2)
-        assert http_status(f"{base}{container['livenessProbe']['httpGet']['path']}") == 200
-        with urllib.request.urlopen(f"{base}/v1/models/{model}", timeout=5) as reply:
-            assert reply.status == 200
-
-        # The vLLM example's init container, as written, with the hostPath mapped.
-        pod = workload_pod(example_docs(REPO / "examples" / "vllm-deployment.yaml"))
-        (wait,) = pod["initContainers"]
-        wait_args = _substitute(wait["args"], {"/models": str(cache), "Qwen/Qwen2.5-0.5B-Instruct": model})
-        proc = subprocess.run(
-            _local_argv([*wait["command"], *wait_args]),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-
-        # The hf-cache example's init container asks the agent instead.
-        pod = workload_pod(example_docs(REPO / "examples" / "vllm-deployment-hf-cache.yaml"))
-        (wait,) = pod["initContainers"]
-        wait_args = _substitute(
-            wait["args"],
-            {"http://model-cache.model-cache.svc:8080": base, "Qwen/Qwen2.5-0.5B-Instruct": model},
-        )
-        proc = subprocess.run(
-            _local_argv([*wait["command"], *wait_args]),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert (cache / model).is_dir()
-    finally:
-        agent.terminate()
-        try:
-            agent.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+    assert outcome.skipped_init == ["chown-cache"]
+    assert len(outcome.waiters) == 3, outcome.waiters  # the example's, NOTES' --dest and --agent
 
 
 def _preload_commands(rendered: dict[str, list[dict[str, Any]]]) -> list[tuple[str, list[str]]]:
@@ -685,7 +578,6 @@ def _preload_commands(rendered: dict[str, list[dict[str, Any]]]) -> list[tuple[s
     return found
 
 
-@pytest.mark.skipif(AGENT_MISSING, reason="`preload agent`/`preload wait` are not implemented yet")
 def test_every_preload_command_parses(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """The real CLI accepts every option the chart and the examples pass to `preload`."""
     commands = _preload_commands(rendered)

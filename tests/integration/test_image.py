@@ -2,6 +2,9 @@
 
 Every run uses `--user 10001:10001 --read-only --tmpfs /tmp`, as the chart's security
 context does. The test hub listens on loopback and the container shares the host network.
+The chart-driven run takes the rendered DaemonSet pod and the examples' init containers as
+they are and translates them to podman flags (tests/integration/podrun.py).
+Without podman these tests skip, or fail when MODEL_CACHE_TEST_REQUIRE names podman.
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import free_port, http_status
+from agent.hubserver import HubServer
+from tests.conftest import free_port, http_status, tool_unavailable
+from tests.integration import podrun
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = os.environ.get("MODEL_CACHE_TEST_IMAGE", "localhost/model-cache:dev")
@@ -45,7 +51,7 @@ def image() -> str:
     """Build the image with scripts/build-image.sh once per session; skip if podman cannot run."""
     problem = _podman_problem()
     if problem:
-        pytest.skip(problem)
+        tool_unavailable("podman", problem)
     started = time.monotonic()
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "build-image.sh"), TAG],
@@ -58,7 +64,7 @@ def image() -> str:
     if proc.returncode != 0:
         problem = _podman_problem()
         if problem:
-            pytest.skip(problem)
+            tool_unavailable("podman", problem)
         pytest.fail(f"scripts/build-image.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     size = int(_podman("image", "inspect", "--format", "{{.Size}}", TAG).stdout)
     sys.stderr.write(f"\nimage {TAG}: {size / 1e6:.0f} MB, build script took {elapsed:.0f}s\n")
@@ -159,15 +165,8 @@ def test_preload_demo_model(image: str, node_cache: Path, hub: Any) -> None:
         assert {p.stat().st_uid for p in files} == {UID}
 
 
-def _has_agent(image: str, cache: Path) -> bool:
-    """Whether the image's `preload` has the `agent` subcommand."""
-    return _podman(*run_args(image, cache), "agent", "--help").returncode == 0
-
-
 def test_agent_becomes_ready_in_container(image: str, node_cache: Path, hub: Any, tmp_path: Path) -> None:
     """`preload agent`, run as the DaemonSet runs it, reports /readyz 200 once the model is cached."""
-    if not _has_agent(image, node_cache):
-        pytest.skip("`preload agent` is not implemented in this image yet")
     config = tmp_path / "config"
     config.mkdir()
     (config / "config.yaml").write_text(
@@ -202,3 +201,55 @@ def test_agent_becomes_ready_in_container(image: str, node_cache: Path, hub: Any
     finally:
         _podman("stop", "--time", "20", name, timeout=60)
         _podman("rm", "--force", name)
+
+
+# --- the chart's pod and the examples' init containers, as rendered -----------------------
+
+
+def _preloader_image() -> str:
+    """The image the chart and the examples name: replaced by the locally built one."""
+    chart = yaml.safe_load((podrun.CHART / "Chart.yaml").read_text())
+    return f"ghcr.io/model-cache/preloader:{chart['appVersion']}"
+
+
+@pytest.mark.parametrize("scenario", sorted(podrun.SCENARIOS))
+def test_chart_runs_in_podman_as_rendered(
+    image: str, helm: str, hub: HubServer, tmp_path: Path, scenario: str
+) -> None:
+    """The rendered DaemonSet pod under podman: the chown init container, then the agent, with
+    command/args/env, securityContext, resources and volumes as rendered; the example's and the
+    NOTES' `preload wait` init containers start before the model is ready (`--dest` with the
+    cache mounted read-only, `--agent` through the Service address), block, then return 0.
+
+    `default` is the dir layout with examples/vllm-deployment.yaml; `hf-cache` is
+    ci/hf-cache-values.yaml (recursive chown, token from a Secret) with
+    examples/vllm-deployment-hf-cache.yaml.
+    """
+    as_root = os.geteuid() == 0
+    leftover = Path("leftover") / "old-model" / "weights.bin"
+
+    def before_pod(cache: Path) -> None:
+        # A cache left by another user, which only the recursive chown can hand over.
+        if scenario == "hf-cache" and as_root:
+            (cache / leftover).parent.mkdir(parents=True, mode=0o700)
+            (cache / leftover).write_bytes(b"old")
+            for path in (cache / leftover, cache / leftover.parent, cache / leftover.parent.parent):
+                os.chown(path, 4242, 4242)
+            (cache / leftover).chmod(0o600)
+
+    outcome = podrun.run_chart_and_waiters(
+        helm,
+        hub,
+        tmp_path,
+        podrun.SCENARIOS[scenario],
+        lambda cluster: podrun.PodmanRunner(cluster, image, {_preloader_image()}),
+        before_pod,
+    )
+    assert outcome.skipped_init == []
+    assert f"owned by {UID}:{UID}" in outcome.init_output["chown-cache"]
+    assert len(outcome.waiters) == 3, outcome.waiters
+    if as_root:
+        owners = dict(podrun.node_tree_owners(outcome.cache))
+        assert set(owners.values()) == {UID}, {str(p): u for p, u in owners.items() if u != UID}
+        if scenario == "hf-cache":
+            assert outcome.cache / leftover in owners

@@ -79,7 +79,13 @@ def env(ctx: Ctx, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return base_env(ctx.work, extra)
 
 
-def cli(ctx: Ctx, *args: str, extra_env: Mapping[str, str] | None = None, timeout: float = 90) -> Run:
+def cli(
+    ctx: Ctx,
+    *args: str,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float = 90,
+    cwd: Path | None = None,
+) -> Run:
     """Run `python -m agent ARGS`; a hang past `timeout` is reported as code -999."""
     try:
         proc = subprocess.run(
@@ -89,6 +95,7 @@ def cli(ctx: Ctx, *args: str, extra_env: Mapping[str, str] | None = None, timeou
             text=True,
             timeout=timeout,
             check=False,
+            cwd=cwd,
         )
     except subprocess.TimeoutExpired as exc:
         err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
@@ -112,6 +119,90 @@ def kill9(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
+
+
+def proc_counter(pid: int, name: str, key: str) -> int:
+    """One counter from /proc/PID/NAME (0 once the process has gone or cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/{name}") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def wchar(pid: int) -> int:
+    """Bytes the process has passed to write()/pwrite() so far (file data, journals, logs)."""
+    return proc_counter(pid, "io", "wchar:")
+
+
+def hwm_kib(pid: int) -> int:
+    """Peak RSS of the process's own image (VmHWM, KiB).
+
+    Not ru_maxrss from wait4: subprocess starts children with vfork, and the kernel carries the
+    parent's high-water mark into the child's ru_maxrss, so every child would "peak" at least at
+    the runner's own size. VmHWM starts afresh at exec.
+    """
+    return proc_counter(pid, "status", "VmHWM:")
+
+
+HWM_POLL = 0.02
+
+
+def run_peak_rss(
+    ctx: Ctx, *args: str, extra_env: Mapping[str, str] | None = None, timeout: float = 300
+) -> tuple[int, int]:
+    """Run `python -m agent ARGS`, reading its VmHWM every 20 ms: (exit code, peak RSS KiB).
+
+    The mark only grows, so polling loses at most the last 20 ms of a process's life. A hang past
+    `timeout` is killed and reported as code -999.
+    """
+    proc = subprocess.Popen(
+        [PY, "-m", "agent", *args],
+        env=env(ctx, extra_env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:  # VmHWM stays readable until the process is reaped
+        peak = max(peak, hwm_kib(proc.pid))
+        if time.monotonic() > deadline:
+            kill9(proc)
+            return -999, peak
+        time.sleep(HWM_POLL)
+    return proc.returncode, peak
+
+
+def kill_when_written(proc: subprocess.Popen[str], target: int, timeout: float = 120) -> tuple[bool, int]:
+    """SIGKILL `proc` once it has written `target` bytes (wchar, polled every ~2 ms).
+
+    (killed while still running, bytes written when the kill was sent). False: the process
+    exited (or `timeout` passed) before writing that much.
+    """
+    deadline = time.monotonic() + timeout
+    written = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        written = wchar(proc.pid) or written
+        if written >= target:
+            os.kill(proc.pid, signal.SIGKILL)  # still unreaped: the pid cannot have been reused
+            proc.communicate(timeout=30)
+            return proc.returncode == -signal.SIGKILL, written
+        time.sleep(0.002)
+    kill9(proc)
+    return False, written
+
+
+def drop_caches() -> bool:
+    """Write dirty pages and drop the page cache (root only): the next read comes from the disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
 
 
 def random_blob(path: Path, size: int, seed: int) -> Path:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.reliability import s_abuse, s_crash, s_input, s_state  # noqa: E402
+from tests.reliability import s_abuse, s_crash, s_input, s_order, s_state  # noqa: E402
 from tests.reliability.common import Ctx, Row  # noqa: E402
 
 Scenario = Callable[[Ctx], Row | list[Row]]
@@ -36,6 +36,7 @@ SCENARIOS: list[tuple[str, Scenario]] = [
     ("crash-hub", s_crash.crash_hub),
     ("crash-dir", s_crash.crash_dir),
     ("crash-points", s_crash.crash_points),
+    ("crash-order", s_order.durability_order),
     ("concurrency", s_state.concurrency),
     ("disk-full", s_crash.disk_full),
     ("hub-faults", s_input.hub_faults),

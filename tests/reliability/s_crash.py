@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -13,28 +12,38 @@ from pathlib import Path
 from agent.crashpoints import POINTS
 from agent.demo_model import DEMO_REPO_ID, demo_repo
 from agent.hubserver import HubFile, HubRepo, HubServer
+from agent.spec import ModelSpec
+from agent.store import Store
 from tests.conftest import Run
 from tests.reliability.common import (
     Ctx,
     Row,
     cli,
+    drop_caches,
     events,
     expected_hashes,
     failed_error,
     kill9,
+    kill_when_written,
     marker_exists,
     mib,
     random_blob,
     ready_state,
     served,
+    sha256_file,
     spawn,
 )
 
 CRASH_REPO = "rel-org/crash-model"
 
 
+def _kill_fraction(ctx: Ctx) -> float:
+    """Where in the model's bytes a kill lands: uniform in 5-95%."""
+    return ctx.rng.uniform(0.05, 0.95)
+
+
 def crash_hub(ctx: Ctx) -> Row:
-    """kill -9 a hub preload at a random moment, rerun; count corrupt-ready and refetched bytes."""
+    """kill -9 a hub preload once it has written a random fraction of the model, rerun."""
     row = Row("1a. kill -9 at a random moment of a hub preload, rerun")
     shard = 64 << 20
     blobs = {
@@ -49,97 +58,81 @@ def crash_hub(ctx: Ctx) -> Row:
     worst = 0.0
     lost_total = 0
     mid = 0
-    # 4 connections x 16 MiB/s: a transfer takes ~2 s after the process starts.
+    # 4 connections x 16 MiB/s: the transfer takes ~2 s, so a 2 ms poll of wchar lands within
+    # ~0.1% of the chosen byte.
     with HubServer([repo], cdn_rate_limit_bps=16 << 20) as hub:
         for t in range(ctx.n(4, 20)):
             dest = ctx.work / f"crash-hub-{t}"
             args = ("--model", CRASH_REPO, "--dest", str(dest), "--max-workers", "4", "--chunk-size", "8MiB")
             hub.reset_log()
+            frac = _kill_fraction(ctx)
             proc = spawn(ctx, *args, extra_env={"HF_ENDPOINT": hub.url})
-            delay = ctx.rng.uniform(0.2, 2.6)
-            time.sleep(delay)
-            kill9(proc)
+            killed, written = kill_when_written(proc, int(frac * size))
             ready, bad = ready_state(dest, CRASH_REPO, want)
             row.corrupt_ready += bad
-            mid += int(not ready and served(hub) > 0)
+            landed = killed and written < size and not ready and not marker_exists(dest, CRASH_REPO)
+            mid += int(landed)
             r = cli(ctx, *args, extra_env={"HF_ENDPOINT": hub.url})
             ready, bad = ready_state(dest, CRASH_REPO, want)
             row.corrupt_ready += bad
             extra = max(0, served(hub) - size)
             lost_total += extra
             worst = max(worst, extra / size)
-            ok = r.code == 0 and ready and not bad and extra <= 0.05 * size
-            row.trial(ok, f"kill at {delay:.2f}s: rerun exit {r.code}, ready {ready}, extra {mib(extra)}")
+            ok = landed and r.code == 0 and ready and not bad and extra <= 0.05 * size
+            row.trial(
+                ok,
+                f"kill at {frac:.0%} ({mib(written)} written, mid-transfer {landed}): rerun exit {r.code}, "
+                f"ready {ready}, extra {mib(extra)}",
+            )
             shutil.rmtree(dest, ignore_errors=True)
     row.data_lost = f"{mib(lost_total)} refetched in all; worst {worst:.1%}"
     row.notes.append(
-        f"{mib(size)} model, 4 ranged connections, kill uniformly in 0.2-2.6 s "
-        f"({mid} kills landed mid-transfer); budget 5% per kill"
+        f"{mib(size)} model, 4 ranged connections at 16 MiB/s; SIGKILL once the process has written "
+        f"a random 5-95% of the model (/proc/PID/io wchar); {mid}/{row.trials} kills landed "
+        "mid-transfer (required: all); budget 5% extra hub bytes per kill"
     )
     return row
 
 
-def _sparse_hub_cache(root: Path, repo_id: str, size: int) -> tuple[Path, dict[str, str]]:
-    """A hub-cache directory source holding one big sparse blob (fast to read) and a config."""
+def _hub_cache_source(root: Path, repo_id: str, blob: Path) -> tuple[Path, dict[str, str]]:
+    """A hub-cache directory source whose one big blob is `blob` (hard-linked, random bytes)."""
     org, name = repo_id.split("/")
     cache = root / f"models--{org}--{name}"
     commit = "d" * 40
-    blob_tmp = root / "blob.tmp"
-    with open(blob_tmp, "wb") as f:
-        f.truncate(size)
-        for off in range(0, size, 8 << 20):
-            f.seek(off)
-            f.write(os.urandom(64 << 10))
-    h = hashlib.sha256()
-    with open(blob_tmp, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    (cache / "blobs").mkdir(parents=True)
-    blob = cache / "blobs" / h.hexdigest()
-    blob_tmp.rename(blob)
-    snap = cache / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (snap / "model.safetensors").symlink_to(f"../../blobs/{blob.name}")
-    (cache / "refs").mkdir()
-    (cache / "refs" / "main").write_text(commit)
-    return root, {"model.safetensors": h.hexdigest()}
-
-
-def _wchar(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    digest = sha256_file(blob)
+    if not (cache / "blobs" / digest).exists():
+        (cache / "blobs").mkdir(parents=True, exist_ok=True)
+        os.link(blob, cache / "blobs" / digest)
+        snap = cache / "snapshots" / commit
+        snap.mkdir(parents=True, exist_ok=True)
+        (snap / "model.safetensors").symlink_to(f"../../blobs/{digest}")
+        (cache / "refs").mkdir(exist_ok=True)
+        (cache / "refs" / "main").write_text(commit)
+    return root, {"model.safetensors": digest}
 
 
 def crash_dir(ctx: Ctx) -> Row:
-    """kill -9 a directory-source copy at a random moment, rerun; bytes written twice are the loss."""
+    """kill -9 a directory-source copy once it has written a random fraction, rerun."""
     row = Row("1b. kill -9 at a random moment of a directory copy, rerun")
     repo_id = "rel-org/dir-model"
-    size = 256 << 20
-    src, want = _sparse_hub_cache(ctx.dir("crash-dir-src"), repo_id, size)
+    size = (128 if ctx.quick else 256) << 20
+    blob = random_blob(ctx.work / f"crash-dir-blob-{size}", size, 7)
+    src, want = _hub_cache_source(ctx.dir("crash-dir-src"), repo_id, blob)
     mid = 0
+    cold = 0
     worst = 0.0
     lost_total = 0
     for t in range(ctx.n(4, 20)):
         dest = ctx.work / f"crash-dir-{t}"
         args = ("--model", repo_id, "--dest", str(dest), "--source", str(src), "--max-workers", "2")
+        frac = _kill_fraction(ctx)
+        cold += int(drop_caches())  # the source comes from the disk, not the page cache
         proc = spawn(ctx, *args)
-        delay = ctx.rng.uniform(0.3, 1.3)
-        deadline = time.monotonic() + delay
-        written = 0
-        while time.monotonic() < deadline and proc.poll() is None:
-            written = _wchar(proc.pid) or written
-            time.sleep(0.005)
-        written = _wchar(proc.pid) or written
-        finished_first = proc.poll() is not None
-        kill9(proc)
-        mid += int(not finished_first and written > 0 and not marker_exists(dest, repo_id))
+        killed, written = kill_when_written(proc, int(frac * size))
         ready, bad = ready_state(dest, repo_id, want)
         row.corrupt_ready += bad
+        landed = killed and written < size and not ready and not marker_exists(dest, repo_id)
+        mid += int(landed)
         r = cli(ctx, *args)
         ready, bad = ready_state(dest, repo_id, want)
         row.corrupt_ready += bad
@@ -147,36 +140,49 @@ def crash_dir(ctx: Ctx) -> Row:
         for e in events(r.stderr):
             if e.get("event") == "preload_complete":
                 fetched = int(e.get("fetched_bytes", 0))
-        extra = 0 if finished_first else max(0, min(written, size) + fetched - size)
+        extra = max(0, min(written, size) + fetched - size)
         lost_total += extra
         worst = max(worst, extra / size)
-        ok = r.code == 0 and ready and not bad and extra <= 0.05 * size
-        row.trial(ok, f"kill at {delay:.2f}s: rerun exit {r.code}, ready {ready}, recopied {mib(extra)}")
+        ok = landed and r.code == 0 and ready and not bad and extra <= 0.05 * size
+        row.trial(
+            ok,
+            f"kill at {frac:.0%} ({mib(written)} written, mid-copy {landed}): rerun exit {r.code}, "
+            f"ready {ready}, recopied {mib(extra)}",
+        )
         shutil.rmtree(dest, ignore_errors=True)
     row.data_lost = f"{mib(lost_total)} recopied in all; worst {worst:.1%}"
     row.notes.append(
-        f"{mib(size)} hub-cache source, 2 workers, kill uniformly in 0.3-1.3 s ({mid} mid-copy); "
-        "loss = bytes written before the kill (/proc/PID/io wchar) + rerun's fetched_bytes - size"
+        f"{mib(size)} random (not sparse) hub-cache source, page cache dropped before each trial "
+        f"({cold}/{row.trials}), 2 workers; SIGKILL once the process has written a random 5-95% "
+        f"(/proc/PID/io wchar); {mid}/{row.trials} kills landed mid-copy (required: all); "
+        "loss = bytes written before the kill + rerun's fetched_bytes - size"
     )
     return row
 
 
 def crash_points(ctx: Ctx) -> Row:
-    """PRELOAD_CRASH_AT at every point, both layouts (and a directory source in full mode)."""
-    row = Row("2. kill -9 at each crash point between durable steps (PRELOAD_CRASH_AT)")
+    """PRELOAD_CRASH_AT at every point (file_renamed after each file), both layouts, both sources."""
+    row = Row("2a. kill -9 at each crash point between durable steps (PRELOAD_CRASH_AT)")
     repo = demo_repo()
     want = expected_hashes(repo)
     early = 0
     with HubServer([repo]) as hub:
         seed = ctx.work / "points-seed"
         cli(ctx, "--model", DEMO_REPO_ID, "--dest", str(seed), "--endpoint", hub.url)
-        sources = [("hf", ["--endpoint", hub.url])]
-        if not ctx.quick:
-            sources.append(("dir", ["--source", str(seed)]))
+        seeded = Store(seed).read_marker(ModelSpec(DEMO_REPO_ID))
+        # Files the preload renames into place (its default selection; distinct contents).
+        nfiles = len({f.digest.hex for f in seeded.files}) if seeded else 0
+        renamed = list(range(1, nfiles + 1))
+        if ctx.quick and nfiles > 2:  # the first, the last and one in between
+            renamed = sorted({1, ctx.rng.randint(2, nfiles - 1), nfiles})
+        points = [f"file_renamed:{n}" for n in renamed] + [p for p in POINTS if p != "file_renamed"]
+        sources = [("hf", ["--endpoint", hub.url]), ("dir", ["--source", str(seed)])]
         for src_name, src_args in sources:
             for layout in ("dir", "hf-cache"):
-                for point in POINTS:
-                    dest = ctx.work / f"points-{src_name}-{layout}-{point}"
+                for point in points:
+                    if ctx.quick and src_name == "dir" and point.startswith("file_renamed"):
+                        continue
+                    dest = ctx.work / f"points-{src_name}-{layout}-{point.replace(':', '-')}"
                     args = ("--model", DEMO_REPO_ID, "--dest", str(dest), "--layout", layout, *src_args)
                     r = cli(ctx, *args, extra_env={"PRELOAD_CRASH_AT": point})
                     ready, bad = ready_state(dest, DEMO_REPO_ID, want, layout)
@@ -198,8 +204,10 @@ def crash_points(ctx: Ctx) -> Row:
                     )
                     shutil.rmtree(dest, ignore_errors=True)
     row.notes.append(
-        f"points {', '.join(POINTS)}; layouts dir, hf-cache; sources: hub"
-        + ("" if ctx.quick else ", directory")
+        f"points file_renamed:N (killed after the N-th of {nfiles} files is renamed into place; "
+        f"N = {', '.join(map(str, renamed))}), {', '.join(p for p in POINTS if p != 'file_renamed')}; "
+        "layouts dir, hf-cache; sources: hub, directory"
+        + (" (file_renamed:N on the hub only in the quick form)" if ctx.quick else "")
         + f"; ready before the marker: {early}"
     )
     return row

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -74,7 +75,15 @@ def _cases(ctx: Ctx) -> list[FaultCase]:
             ["--read-timeout", "1s"],
         ),
         FaultCase(
-            "slow trickle, forever (--timeout 3s)",
+            "slow trickle that completes (64 KiB/s, --timeout 15s)",
+            [Fault(kind="cdn", trickle_bps=64 << 10, times=None)],
+            {0},
+            ["--timeout", "15s"],
+            bound=17,
+            min_seconds=size / (64 << 10) / 4,  # the trickle was really applied (even split 4 ways)
+        ),
+        FaultCase(
+            "slow trickle that never finishes (4 kB/s, --timeout 3s)",
             [Fault(kind="cdn", trickle_bps=4000, times=None)],
             {7},
             ["--timeout", "3s"],
@@ -108,8 +117,9 @@ def hub_faults(ctx: Ctx) -> Row:
     repo = demo_repo()
     want = expected_hashes(repo)
     slowest = 0.0
+    trickles: dict[str, list[float]] = {}
     with HubServer([repo]) as hub:
-        for rnd in range(ctx.n(1, max(1, ctx.trials // 7))):
+        for rnd in range(ctx.n(1, 5)):  # every fault 5 times in the full form
             for case in _cases(ctx):
                 hub.clear_faults()
                 for f in case.faults:
@@ -120,6 +130,8 @@ def hub_faults(ctx: Ctx) -> Row:
                 r = cli(ctx, *args, extra_env={"HF_ENDPOINT": hub.url, **case.env}, timeout=60)
                 took = time.monotonic() - started
                 slowest = max(slowest, took)
+                if "trickle" in case.name:
+                    trickles.setdefault(case.name.split(" (")[0], []).append(took)
                 ready, bad = ready_state(dest, DEMO_REPO_ID, want)
                 row.corrupt_ready += bad
                 clear = r.code == 0 or (bool(failed_error(r)) and "Traceback" not in r.stderr)
@@ -138,7 +150,11 @@ def hub_faults(ctx: Ctx) -> Row:
                 )
                 shutil.rmtree(dest, ignore_errors=True)
     hub_names = ", ".join(c.name for c in _cases(ctx))
-    row.notes.append(f"{hub_names}; random fault targets/offsets/counts; slowest {slowest:.1f} s")
+    row.notes.append(
+        f"{hub_names}; each {ctx.n(1, 5)}x with random fault targets/offsets/counts; "
+        f"slowest {slowest:.1f} s; "
+        + ", ".join(f"{k}: {min(v):.1f}-{max(v):.1f} s" for k, v in trickles.items())
+    )
     return row
 
 
@@ -162,49 +178,127 @@ EXTRA_HOSTILE: list[object] = [
 ]
 
 
+def _tagged(listing: object, token: str) -> object:
+    """The listing with `token` in every named component of every string path.
+
+    `..`, `.` and empty components stay as they are, so each traversal keeps its shape; a
+    file written anywhere by mistake then carries the token in its name.
+    """
+    if isinstance(listing, str):
+        return listing
+    if isinstance(listing, dict):
+        return {k: _tagged(v, token) for k, v in listing.items()}
+    if isinstance(listing, list):
+        out = []
+        for entry in listing:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                parts = entry["path"].split("/")
+                tagged = "/".join(c if c in ("", ".", "..") else f"{c}-{token}" for c in parts)
+                entry = {**entry, "path": tagged}
+            out.append(entry)
+        return out
+    return listing
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Path -> (mode, size, mtime_ns, inode) of everything under `root` (symlinks not followed)."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            out[path] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def _find_token(token: str) -> list[str]:
+    """Every path on the machine whose name holds `token` (/ and /dev/shm; /proc and /sys skipped)."""
+    hits: list[str] = []
+    for top in ("/", "/dev/shm"):
+        p = subprocess.run(
+            ["find", top, "-xdev", "(", "-path", "/proc", "-o", "-path", "/sys", ")", "-prune", "-o",
+             "-name", f"*{token}*", "-print"],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        hits += p.stdout.splitlines()
+    return hits
+
+
 def hostile_listings(ctx: Ctx) -> Row:
-    """Hostile tree listings: exit 4, no traceback, no file outside the cache (whole sandbox checked)."""
+    """Hostile tree listings, both layouts, each in its own sandbox root: exit 4, nothing outside DIR."""
     row = Row("6a. hostile tree listings (traversal, absolute, backslash, NUL, dup, clash, sizes, bad JSON)")
     listings = list(HOSTILE) + EXTRA_HOSTILE
+    token = "rltok" + random.SystemRandom().randbytes(6).hex()  # unique on this machine, any seed
+    dests: list[str] = []
     with HubServer([demo_repo()]) as hub:
-        for i, listing in enumerate(listings):
-            sandbox = ctx.dir(f"hostile-{i}")
-            dest = sandbox / "deep" / "cache"
-            dest.mkdir(parents=True)
-            before = snapshot_tree(sandbox)
-            body = listing if isinstance(listing, str) else json.dumps(listing)
-            hub.clear_faults()
-            hub.add_fault(Fault(kind="tree", status=200, body=body, times=None))
-            r = cli(
-                ctx,
-                "--model",
-                DEMO_REPO_ID,
-                "--dest",
-                str(dest),
-                extra_env={"HF_ENDPOINT": hub.url},
-                timeout=60,
-            )
-            created = snapshot_tree(sandbox) - before
-            outside = [p for p in created if not p.startswith(str(dest) + os.sep)]
-            data = [p for p in created if os.path.isfile(p) and not p.endswith(".lock")]
-            ok = (
-                r.code == 4
-                and "Traceback" not in r.stderr
-                and not outside
-                and not data
-                and bool(failed_error(r))
-            )
-            row.trial(
-                ok,
-                f"listing {i}: exit {r.code}, outside {outside[:3]}, files {data[:3]}: "
-                f"{failed_error(r)[:120]}",
-            )
-    for p in ("/etc/evil", "/tmp/escape.txt", "/x"):
-        if os.path.exists(p):
-            row.trial(False, f"{p} exists after the hostile listings")
+        for layout in ("dir", "hf-cache"):
+            for i, listing in enumerate(listings):
+                sandbox = ctx.dir(f"hostile-{layout}-{i}")
+                dest = sandbox / "deep" / "cache"
+                dest.mkdir(parents=True)
+                dests.append(str(dest))
+                homes = {
+                    "HOME": "home",
+                    "HF_HOME": "home/.cache/huggingface",
+                    "TMPDIR": "tmp",
+                    "XDG_CACHE_HOME": "home/.cache",
+                    "XDG_CONFIG_HOME": "home/.config",
+                    "XDG_DATA_HOME": "home/.local/share",
+                    "XDG_STATE_HOME": "home/.local/state",
+                    "XDG_RUNTIME_DIR": "run",
+                }
+                for rel in (*homes.values(), "cwd"):
+                    (sandbox / rel).mkdir(parents=True, exist_ok=True)
+                before = _tree_state(sandbox)
+                tagged = _tagged(listing, token)
+                body = tagged if isinstance(tagged, str) else json.dumps(tagged)
+                hub.clear_faults()
+                hub.add_fault(Fault(kind="tree", status=200, body=body, times=None))
+                r = cli(
+                    ctx,
+                    "--model",
+                    DEMO_REPO_ID,
+                    "--dest",
+                    str(dest),
+                    "--layout",
+                    layout,
+                    extra_env={"HF_ENDPOINT": hub.url, **{k: str(sandbox / v) for k, v in homes.items()}},
+                    timeout=60,
+                    cwd=sandbox / "cwd",
+                )
+                after = _tree_state(sandbox)
+                changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+                inside = (str(dest), str(dest) + os.sep)
+                outside = sorted(p for p in changed if not (p == inside[0] or p.startswith(inside[1])))
+                data = [p for p in changed if os.path.isfile(p) and not p.endswith(".lock")]
+                ok = (
+                    r.code == 4
+                    and "Traceback" not in r.stderr
+                    and not outside
+                    and not data
+                    and bool(failed_error(r))
+                )
+                row.trial(
+                    ok,
+                    f"{layout} listing {i}: exit {r.code}, changed outside DIR {outside[:3]}, "
+                    f"files {data[:3]}: {failed_error(r)[:120]}",
+                )
+    canary = ctx.work / f"canary-{token}"  # the search must find this one, or it proves nothing
+    canary.touch()
+    hits = _find_token(token)
+    canary.unlink()
+    row.trial(str(canary) in hits, f"the token search missed the planted canary {canary}")
+    hits = [h for h in hits if h != str(canary)]
+    stray = [h for h in hits if not any(h.startswith(d + os.sep) for d in dests)]
+    row.trial(not stray, f"{len(stray)} paths named with the token outside DIR: {stray[:3]}")
     row.notes.append(
-        f"{len(listings)} listings (tests/integration HOSTILE + {len(EXTRA_HOSTILE)} more); "
-        "sandbox tree diffed"
+        f"{len(listings)} listings (tests/integration HOSTILE + {len(EXTRA_HOSTILE)} more) x layouts dir, "
+        "hf-cache; each run with cwd, HOME, HF_HOME, TMPDIR, XDG_* in its own sandbox root, whole sandbox "
+        "diffed (added/removed/changed: only under DIR); hostile names carry a random token, then "
+        f"`find / -xdev` (and /dev/shm): {len(hits)} hits, {len(stray)} outside DIR"
     )
     return row
 

@@ -71,6 +71,7 @@ def test_defaults_apply_to_models() -> None:
         ("maxConcurrent: 0", "maxConcurrent"),
         ("maxConcurrent: true", "maxConcurrent"),
         ("verifyInterval: soon", "invalid duration"),
+        ("startupJitter: 2h", "startupJitter: '2h' is too long; at most 1h"),
         ("gc: {highWatermarkPercent: 70, lowWatermarkPercent: 80}", "must be below"),
         ("gc: {highWatermarkPercent: 120}", "percentage"),
         ("models: [a/b", "not valid YAML"),
@@ -82,6 +83,11 @@ def test_invalid_configs_are_clear_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=r"^cfg") as err:
         parse(text, "cfg")
     assert message in str(err.value)
+
+
+def test_startup_jitter_up_to_an_hour_is_valid() -> None:
+    """startupJitter is bounded at one hour, inclusive."""
+    assert parse("startupJitter: 1h").startup_jitter == 3600.0
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

@@ -145,3 +145,23 @@ def test_never_removes_through_a_symlinked_parent(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         gc._remove(root, outside / "victim")
     assert (outside / "victim").is_dir()
+
+
+@pytest.mark.parametrize("layout", [Layout.DIR, Layout.HF_CACHE])
+def test_superseded_revision_stops_being_ready_before_its_files_go(
+    cache: tuple[Path, HubServer], layout: Layout
+) -> None:
+    """The replaced revision is ready offline until GC; then its marker goes first, then its files."""
+    dest, hub = cache
+    repo = "a/cached" if layout is Layout.HF_CACHE else "a/kept"
+    store = Store(dest)
+    old = store.read_marker(ModelSpec(repo, layout=layout))
+    assert old is not None
+    new_commit(hub, dest, repo, layout)
+    pinned_old = ModelSpec(repo, revision=old.commit, layout=layout)
+    assert store.ready(pinned_old) is not None, "the old revision stays findable until GC"
+    report = gc.collect(dest, gc.disk_usage(dest)[0] + HUGE, keep=REPOS)
+    (ev,) = report.removed
+    assert ev.kind.value == "revision" and ev.paths[0] == store.other_marker_path(pinned_old, old.commit)
+    assert store.ready(pinned_old) is None
+    assert store.ready(ModelSpec(repo, layout=layout)) is not None

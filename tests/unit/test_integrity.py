@@ -43,17 +43,34 @@ def test_digest_rejects_malformed_hex() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "/abs", "../x", "a/../../x", "a/./b", "a//b", "a\\b", "nul\x00", "tab\tx", "a/", "x" * 2000]
+    "bad",
+    [
+        "",
+        "/abs",
+        "../x",
+        "a/../../x",
+        "a/./b",
+        "a//b",
+        "a\\b",
+        "nul\x00",
+        "tab\tx",
+        "a/",
+        "x" * 2000,
+        "x" * 256,
+        "dir/" + "x" * 256 + "/f",
+        "a/" + "\u00e9" * 128,  # 128 characters, 256 bytes in UTF-8
+    ],
 )
 def test_unsafe_paths_are_rejected(bad: str) -> None:
     """Anything that could leave the model directory or confuse a filesystem is refused."""
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="refusing unsafe file path"):
         safe_relpath(bad)
 
 
 def test_safe_paths_pass() -> None:
-    """Normal nested paths are fine."""
-    for good in ("config.json", "1_Pooling/config.json", "a/b/c.safetensors", ".gitattributes"):
+    """Normal nested paths, and names of up to 255 bytes each, are fine."""
+    longest = ("x" * 255, "d/" + "\u00e9" * 127 + "x", "/".join(["y" * 255] * 3))
+    for good in ("config.json", "1_Pooling/config.json", "a/b/c.safetensors", ".gitattributes", *longest):
         assert safe_relpath(good) == good
 
 
@@ -86,7 +103,7 @@ def test_manifest_round_trips() -> None:
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda s: s.replace('"format": 1', '"format": 99'),
+        lambda s: s.replace('"format": 2', '"format": 99'),
         lambda s: s.replace('"total_bytes": 13', '"total_bytes": 14'),
         lambda s: s.replace('"config.json"', '"../config.json"'),
         lambda s: s[: len(s) // 2],

@@ -76,3 +76,52 @@ def test_deadline_stops_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(DeadlineExceeded):
         retry.call(down, retry.RetryPolicy(deadline=time.monotonic() + 1), "x")
+
+
+def test_jittered_waits_differ_and_stay_within_the_documented_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempt n waits uniformly in [cap/2, cap], cap = min(max_wait, initial_wait * 2**(n-1)); draws vary."""
+    monkeypatch.setenv("PRELOAD_RETRY_SCALE", "1")
+    policy = retry.RetryPolicy(initial_wait=0.5, max_wait=30.0)
+    for attempt in range(1, 11):
+        cap = min(30.0, 0.5 * 2 ** (attempt - 1))
+        waits = [retry.backoff(policy, attempt) for _ in range(200)]
+        assert all(cap / 2 <= w <= cap for w in waits), (attempt, min(waits), max(waits))
+        assert len(set(waits)) > 150, f"attempt {attempt}: the waits are not jittered"
+        assert max(waits) - min(waits) > cap / 4, "the draws should spread over the interval"
+
+
+def test_server_waits_are_used_as_given_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Retry-After/RateLimit wait replaces the jitter (no randomness), capped at MAX_RETRY_AFTER."""
+    monkeypatch.setenv("PRELOAD_RETRY_SCALE", "1")
+    policy = retry.RetryPolicy()
+    assert {retry.backoff(policy, 3, retry_after=1.0) for _ in range(20)} == {1.0}
+    assert retry.backoff(policy, 1, retry_after=10_000) == retry.MAX_RETRY_AFTER
+    monkeypatch.setenv("PRELOAD_RETRY_SCALE", "0")
+    assert retry.backoff(policy, 5) == 0 and retry.backoff(policy, 1, retry_after=7) == 0
+
+
+def test_total_time_bounds_endless_transient_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Endless transient errors stop once the next wait would pass total_seconds, with the transient error."""
+    monkeypatch.setenv("PRELOAD_RETRY_SCALE", "1")
+    stamps: list[float] = []
+
+    def down() -> None:
+        stamps.append(time.monotonic())
+        raise TransientError("503")
+
+    policy = retry.RetryPolicy(attempts=100, total_seconds=1.0, initial_wait=0.2, max_wait=0.4)
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        retry.call(down, policy, "x")
+    assert time.monotonic() - started < 1.0 + 0.5, "no wait may run past the bound"
+    assert 3 <= len(stamps) < 100, "the time bound, not the attempt bound, ended it"
+
+
+def test_total_time_bound_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PRELOAD_RETRY_MAX_TIME sets the default total-time bound (600 s without it or when invalid)."""
+    monkeypatch.delenv("PRELOAD_RETRY_MAX_TIME", raising=False)
+    assert retry.RetryPolicy().total_seconds == 600.0
+    monkeypatch.setenv("PRELOAD_RETRY_MAX_TIME", "2.5")
+    assert retry.RetryPolicy().total_seconds == 2.5
+    monkeypatch.setenv("PRELOAD_RETRY_MAX_TIME", "soon")
+    assert retry.RetryPolicy().total_seconds == 600.0

@@ -92,3 +92,16 @@ def test_include_exclude_override_and_all_files() -> None:
     assert "pytorch_model.bin" in FileFilter(exclude=("*.gguf",)).select(REPO_FILES)
     assert FileFilter(exclude=("1_Pooling/",)).select(["1_Pooling/config.json", "a"]) == ["a"]
     assert FileFilter(all_files=True).select(REPO_FILES) == sorted(REPO_FILES)
+
+
+def test_mistral_format_only_weights_are_kept() -> None:
+    """A repo whose only safetensors are `consolidated*` keeps them: they are not duplicates."""
+    files = ["consolidated.safetensors", "params.json", "tekken.json"]
+    assert FileFilter().select(files) == files
+    both = [*files, "model-00001-of-00002.safetensors", "config.json"]
+    assert FileFilter().select(both) == [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "params.json",
+        "tekken.json",
+    ]
