@@ -47,7 +47,7 @@ def test_dest_mode_returns_once_a_preload_publishes(
     published = time.monotonic()
     _, err = waiter.communicate(timeout=15)
     assert waiter.returncode == 0, err
-    assert time.monotonic() - published < 2
+    assert time.monotonic() - published < 3.5  # the periodic full check alone comes every 5 s
     assert '"model_ready"' in err
     assert (dest / ".preload" / "used" / "dir" / DEMO).exists(), "a successful wait records use for GC"
 
@@ -130,7 +130,7 @@ def test_wait_needs_exactly_one_mode(tmp_path: Path, run_preload: RunPreload) ->
 def test_dest_mode_wakes_on_the_marker_not_a_poll(
     tmp_path: Path, hub: HubServer, run_preload: RunPreload
 ) -> None:
-    """A complete cache moved into place where none existed: the inotify waiter exits within a second."""
+    """A complete cache moved into place: the inotify waiter exits before any periodic check."""
     built = tmp_path / "built"
     assert run_preload("--model", DEMO, "--dest", str(built), env={"HF_ENDPOINT": hub.url}).code == 0
     dest = tmp_path / "cache"
@@ -142,7 +142,7 @@ def test_dest_mode_wakes_on_the_marker_not_a_poll(
     moved = time.monotonic()
     _, err = waiter.communicate(timeout=15)
     assert waiter.returncode == 0, err
-    assert time.monotonic() - moved < 1.0  # the periodic full check alone comes every 5 s
+    assert time.monotonic() - moved < 3.5  # the periodic full check alone comes every 5 s
 
 
 def test_explicit_mode_beats_the_other_modes_env_twin(
