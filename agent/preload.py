@@ -85,9 +85,7 @@ def preload(
             source = factory()
             try:
                 listing = retry.call(partial(source.snapshot, spec), policy, what=f"listing {spec.repo}")
-                snap, skipped = _select(spec, listing, store.read_marker(spec))
-                placements = store.placements(spec, snap.commit, snap.files)
-                store.check_space(Transfer.pending_bytes(placements, store.published_files(spec)))
+                snap, skipped, placements = _plan(spec, store, listing)
                 if not locked:
                     store.prepare()
                     _take_lock(held, store, spec, deadline, logger)
@@ -96,9 +94,7 @@ def preload(
                     # this commit with other files meanwhile.
                     if not opts.refresh and (m := store.ready(spec)) is not None:
                         return _done(logger, store, spec, m, 0, started, already=True)
-                    snap, skipped = _select(spec, listing, store.read_marker(spec))
-                    placements = store.placements(spec, snap.commit, snap.files)
-                    store.check_space(Transfer.pending_bytes(placements, store.published_files(spec)))
+                    snap, skipped, placements = _plan(spec, store, listing)
                 if opts.on_snapshot is not None:
                     opts.on_snapshot(snap)
                 m = _transfer(spec, store, source, snap, skipped, placements, opts, policy, progress, logger)
@@ -130,6 +126,17 @@ def _take_lock(
 
     if not held.enter_context(store.lock(spec, deadline, on_wait)):
         raise DeadlineExceeded(f"timed out waiting for another preload of {spec.repo} to finish")
+
+
+def _plan(
+    spec: ModelSpec, store: Store, listing: Snapshot
+) -> tuple[Snapshot, tuple[RemoteFile, ...], list[Placement]]:
+    """What to fetch given the marker as it is now, and where: selection, placements, and the
+    free-space check (which raises before anything is written)."""
+    snap, skipped = _select(spec, listing, store.read_marker(spec))
+    placements = store.placements(spec, snap.commit, snap.files)
+    store.check_space(Transfer.pending_bytes(placements, store.published_files(spec)))
+    return snap, skipped, placements
 
 
 def _transfer(

@@ -118,17 +118,14 @@ class Store:
             raise UsageError(f"destination {self.root} is not writable")
 
     def prepare(self) -> None:
-        """Check DIR is a writable directory (creating it if needed), and lay out our state dir."""
-        if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"destination {self.root} exists and is not a directory")
+        """`check_dest`, then create DIR if needed and lay out our state dir."""
+        self.check_dest()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             for sub in ("locks", "staging", "versions", "markers"):
                 (self.state / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"destination {self.root} is not writable: {exc.strerror}") from exc
-        if not os.access(self.state, os.W_OK | os.X_OK):
-            raise UsageError(f"destination {self.root} is not writable")
 
     @contextlib.contextmanager
     def lock(
