@@ -28,6 +28,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check agent tests $(wildcard bench)
 	$(BIN)/ruff format --check agent tests $(wildcard bench)
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict agent

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from agent.integrity import STREAM_BLOCK
+
 DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of O_DIRECT I/O
 
 
@@ -41,3 +43,7 @@ class BufferPool:
         finally:
             with self._lock:
                 self._free.append(buf)
+
+
+# Read buffers shared by every reader in the process (hash read-backs, directory-source reads).
+READS = BufferPool(STREAM_BLOCK)

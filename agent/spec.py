@@ -10,6 +10,8 @@ from fnmatch import fnmatchcase
 
 from agent.errors import UsageError
 
+DEFAULT_ENDPOINT = "https://huggingface.co"  # the public hub; HF_ENDPOINT or --endpoint override it
+
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")

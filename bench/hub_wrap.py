@@ -29,7 +29,7 @@ def main() -> None:
         import huggingface_hub  # noqa: F401
 
         import agent.cli
-        import agent.preload
+        import agent.engine.preload
         import agent.sources.hub  # noqa: F401
 
         gc.freeze()

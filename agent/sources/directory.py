@@ -32,11 +32,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from agent import log
-from agent.buffers import DIRECT_ALIGN, BufferPool
+from agent.buffers import DIRECT_ALIGN, READS
 from agent.errors import IntegrityError, NotFoundError, PreloadError, UsageError
-from agent.integrity import GIT_SHA1, SHA256, STREAM_BLOCK, Digest, hash_file, safe_relpath
+from agent.integrity import GIT_SHA1, SHA256, Digest, hash_file, safe_relpath
 from agent.manifest import RemoteFile
-from agent.sources import Snapshot, SourceFactory
+from agent.sources.base import Snapshot, SourceFactory
 from agent.spec import COMMIT_RE, Layout, ModelSpec
 from agent.store import STATE, Store
 
@@ -51,7 +51,6 @@ _SKIP_PATHS = frozenset({".cache/huggingface"})
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 DIRECT_MIN = 4 << 20  # smaller files are read through the page cache: one request either way
-_READS = BufferPool(STREAM_BLOCK)
 
 ORIGIN_MANIFEST = "manifest"
 ORIGIN_HUB_CACHE = "hub-cache"
@@ -247,7 +246,7 @@ class DirectorySource:
         pod's memory limit, to the model's readers. Buffered reads are the fallback.
         """
         # Page-aligned, as O_DIRECT needs; reads start on an aligned offset.
-        with _READS.lend() as buf:
+        with READS.lend() as buf:
             direct = end - start >= DIRECT_MIN and _set_direct(fd, True)
             pos = start - start % DIRECT_ALIGN if direct else start
             skip = start - pos

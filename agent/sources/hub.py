@@ -23,11 +23,10 @@ from agent.errors import (
 )
 from agent.integrity import GIT_SHA1, SHA256, Digest, safe_relpath
 from agent.manifest import RemoteFile, public_endpoint
-from agent.sources import Block, Snapshot
+from agent.sources.base import Block, Snapshot
 from agent.sources.ranged import RangedReader, proxied
-from agent.spec import COMMIT_RE, ModelSpec
+from agent.spec import COMMIT_RE, DEFAULT_ENDPOINT, ModelSpec
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 MAX_FILE_SIZE = 1 << 40  # 1 TiB: far beyond any real shard; larger is a hostile listing
 MAX_LISTING_ENTRIES = 200_000
 MAX_LISTING_PAGES = 1_000

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import usage
-from agent.hubserver import HubFile, HubRepo, HubServer
+from agent.devhub.hub import HubFile, HubRepo, HubServer
 from agent.spec import Layout
+from agent.store import usage
 from tests.conftest import RunPreload, tmpfs
 from tests.hubfixtures import HubFactory
 from tests.integration.agentproc import DEMO, AgentProc, eventually, small_repo, start_agent

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.hubserver import HubServer
+from agent.devhub.hub import HubServer
 from tests.conftest import tool_unavailable
 from tests.integration import podrun
 
@@ -364,7 +364,7 @@ def test_configmap_is_a_valid_agent_config(rendered: dict[str, list[dict[str, An
     assert config["defaults"]["layout"] in {"dir", "hf-cache"}
     checksum = find(docs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]
     assert len(checksum["checksum/config"]) == 64
-    agent_config = pytest.importorskip("agent.config", reason="agent.config is not written yet")
+    agent_config = pytest.importorskip("agent.node.config", reason="agent.node.config is not written yet")
     parsed = agent_config.parse(text, f"{scenario} ConfigMap")
     assert len(parsed.models) == len(config["models"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.demo_model import demo_repo
+from agent.devhub.demo_model import demo_repo
 from agent.errors import ExitCode
 from agent.spec import ModelSpec
 from agent.store import Store

@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from agent.devhub.hub import Fault, HubServer
 from agent.errors import ExitCode
-from agent.hubserver import Fault, HubServer
 from tests.conftest import RunPreload, base_env
 from tests.integration.agentproc import BIG, DEMO, AgentProc, big_repo, free_port
 

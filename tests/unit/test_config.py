@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load, parse
+from agent.node.config import ConfigError, load, parse
 from agent.spec import Layout
 
 FULL = """

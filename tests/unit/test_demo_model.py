@@ -9,7 +9,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from agent.demo_model import DEMO_REPO_ID, demo_files, demo_repo
+from agent.devhub.demo_model import DEMO_REPO_ID, demo_files, demo_repo
 
 
 def _write(tmp_path: Path) -> Path:

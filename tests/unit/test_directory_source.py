@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.devhub.hub import git_blob_sha1
+from agent.engine.preload import PreloadOptions, preload
 from agent.errors import IntegrityError, NotFoundError, UsageError
-from agent.hubserver import git_blob_sha1
-from agent.preload import PreloadOptions, preload
-from agent.sources import factories
 from agent.sources.directory import DirectorySource, parse_location
+from agent.sources.registry import factories
 from agent.spec import Layout, ModelSpec
 
 REPO = "acme/small"

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import gc, usage
-from agent.hubserver import HubServer
-from agent.preload import PreloadOptions, preload
+from agent.devhub.hub import HubServer
+from agent.engine.preload import PreloadOptions, preload
+from agent.ops import gc
 from agent.sources.hub import HubSource
 from agent.spec import Layout, ModelSpec
-from agent.store import Store
+from agent.store import Store, usage
 from tests.hubfixtures import HubFactory
 from tests.integration.agentproc import small_repo
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.engine.transfer import JOURNAL_SUFFIX, MIN_CHUNK, _Job, auto_chunk_size
 from agent.integrity import SHA256, Digest
 from agent.manifest import RemoteFile
 from agent.sources.ranged import proxied
-from agent.transfer import JOURNAL_SUFFIX, MIN_CHUNK, _Job, auto_chunk_size
 
 GIB = 1 << 30
 

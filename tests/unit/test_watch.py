@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.watch import PathWatch
+from agent.ops.watch import PathWatch
 
 
 def publish_later(target: Path, delay: float) -> None:

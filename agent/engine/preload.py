@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from agent import log, retry
+from agent.engine.transfer import Cancelled, Progress, Transfer, TransferOptions
 from agent.errors import DeadlineExceeded, PreloadError, UsageError
 from agent.manifest import Manifest, RemoteFile
-from agent.sources import Snapshot, Source, SourceFactory
+from agent.sources.base import Snapshot, Source, SourceFactory
 from agent.spec import ModelSpec
-from agent.store import Placement, Store, fmt_bytes
-from agent.transfer import Cancelled, Progress, Transfer, TransferOptions
+from agent.store import Placement, Store
+from agent.units import fmt_bytes
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent import log
+from agent.engine.preload import PreloadOptions, preload
 from agent.errors import IntegrityError, Interrupted, NotReadyError, PreloadError
 from agent.integrity import hash_file
 from agent.manifest import Manifest, RemoteFile
-from agent.sources import SourceFactory
+from agent.sources.base import SourceFactory
 from agent.spec import COMMIT_RE, Layout, ModelSpec
-from agent.store import Placement, Store, atomic_write
+from agent.store import Placement, Store
+from agent.store.fs import atomic_write
 
 # Marker timestamps are kept to the millisecond and file systems round mtimes: allow for both.
 MTIME_SLACK = 1.0
 HASH_WORKERS = 4
-
-if TYPE_CHECKING:
-    from agent.preload import PreloadOptions
 
 
 @dataclass
@@ -115,7 +114,7 @@ def verify(
     report = VerifyReport(spec.repo, spec.layout.value, deep)
     m = store.read_marker(spec)
     if m is None:
-        busy = " (a transfer holds the lock)" if _busy(store, spec) else ""
+        busy = " (a transfer holds the lock)" if store.busy(spec) else ""
         report.problem = f"no valid completion marker{busy}"
         return report
     report.revision, report.commit, report.hash_origin = m.revision, m.commit, m.hash_origin
@@ -182,7 +181,6 @@ def repair(
     opts: PreloadOptions,
 ) -> VerifyReport:
     """Delete the bad files of `report`, refetch them from `sources`, republish; then re-check."""
-    from agent.preload import preload  # preload imports the transfer engine; verify alone does not
 
     m = store.read_marker(spec)
     if m is None or report.sound or report.commit != m.commit:
@@ -279,13 +277,6 @@ def _extra_files(store: Store, spec: ModelSpec, m: Manifest) -> list[str]:
             if rel not in listed:
                 found.append(rel)
     return found
-
-
-def _busy(store: Store, spec: ModelSpec) -> bool:
-    try:
-        return store.is_locked(spec)
-    except OSError:
-        return False
 
 
 def _record_path(store: Store, spec: ModelSpec) -> Path:

@@ -15,8 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from agent import log, metrics
+from agent import log
 from agent.errors import UsageError
+from agent.node import metrics
 from agent.spec import validate_repo_id
 
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})

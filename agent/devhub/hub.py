@@ -1085,7 +1085,7 @@ def export_lfs_blobs(repo: HubRepo, directory: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve a directory (or the demo model) as a hub repo until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m agent.hubserver", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m agent.devhub.hub", description=main.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--serve-dir", type=Path, help="directory whose files form the repo")
     source.add_argument("--demo", action="store_true", help="serve the built-in tiny demo model")
@@ -1100,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cdn-rate-limit-bps", type=int, help="per-connection CDN rate cap")
     args = parser.parse_args(argv)
     if args.demo:
-        from agent.demo_model import demo_repo  # the demo model imports this module
+        from agent.devhub.demo_model import demo_repo  # the demo model imports this module
 
         repo = demo_repo(gated=args.gated, private=args.private)
     else:

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from agent.errors import UsageError
+from agent.sources.directory import parse_location
 from agent.spec import FileFilter, Layout, ModelSpec, parse_duration, parse_model
 
 DEFAULT_MAX_CONCURRENT = 2
@@ -232,8 +233,6 @@ def _sources(raw: Any, where: str) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: expected a non-empty list such as [hf] or [/nfs-models, hf]")
     out = tuple(_str(s, f"{where}[{i}]") for i, s in enumerate(raw))
-    from agent.sources.directory import parse_location
-
     for i, name in enumerate(out):
         if name != "hf":
             try:

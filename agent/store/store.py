@@ -14,12 +14,10 @@ Everything that asks "is this model ready?" asks this module. Layout under DIR:
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ from agent import crashpoints
 from agent.errors import DiskSpaceError, IntegrityError, UsageError
 from agent.manifest import Manifest, RemoteFile
 from agent.spec import Layout, ModelSpec
+from agent.store.fs import atomic_symlink, atomic_write, existing_ancestor, fsync_dir, make_dirs
+from agent.units import fmt_bytes
 
 STATE = ".preload"
 SPACE_MARGIN_MIN = 64 << 20
@@ -45,57 +45,6 @@ class Placement:
     part: Path
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs(path: Path) -> set[Path]:
-    """`mkdir -p`; returns the directories that gained an entry (each new directory's parent),
-    which must be fsynced too before anything inside the new directories counts as durable."""
-    missing: list[Path] = []
-    p = path
-    while not os.path.lexists(p):
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir()
-    return {d.parent for d in missing}
-
-
-def tmp_sibling(path: Path) -> Path:
-    """A temporary name beside `path`, unique per process and thread, and short: a name near
-    NAME_MAX (255 bytes) is valid for the file itself but leaves no room for a suffix."""
-    return path.with_name(f".preload-tmp-{os.getpid()}-{threading.get_ident()}")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file, fsync, rename, fsync the directory (and any it had to create)."""
-    created = make_dirs(path.parent)
-    tmp = tmp_sibling(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    for d in sorted(created, reverse=True):
-        fsync_dir(d)
-
-
-def _atomic_symlink(target: str, link: Path) -> None:
-    tmp = tmp_sibling(link)
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-
-
 class Store:
     """One destination directory."""
 
@@ -110,7 +59,7 @@ class Store:
         to it (or, if it does not exist yet, to the directory it would be created in)."""
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"destination {self.root} exists and is not a directory")
-        base = _existing_ancestor(self.root)
+        base = existing_ancestor(self.root)
         if not base.is_dir():
             raise UsageError(f"destination {self.root} cannot be created: {base} is not a directory")
         target = self.state if self.state.is_dir() else base
@@ -165,6 +114,13 @@ class Store:
             return False
         with self.lock(spec, deadline=0) as got:
             return not got
+
+    def busy(self, spec: ModelSpec) -> bool:
+        """`is_locked` for reporting: a lock that cannot be checked (read-only mount) is not busy."""
+        try:
+            return self.is_locked(spec)
+        except OSError:
+            return False
 
     # -- paths ---------------------------------------------------------------------
 
@@ -312,7 +268,7 @@ class Store:
 
     def check_space(self, needed: int) -> None:
         """Refuse to start when the bytes still needed (plus a margin) exceed free space."""
-        st = os.statvfs(_existing_ancestor(self.root))
+        st = os.statvfs(existing_ancestor(self.root))
         free = st.f_bavail * st.f_frsize
         margin = max(SPACE_MARGIN_MIN, int(needed * SPACE_MARGIN_FRACTION))
         if needed and needed + margin > free:
@@ -364,7 +320,7 @@ class Store:
             )
         created = make_dirs(link.parent)
         target = os.path.relpath(self.version_dir(spec, m.commit), link.parent)
-        _atomic_symlink(target, link)
+        atomic_symlink(target, link)
         for d in sorted({link.parent, *created}, reverse=True):
             fsync_dir(d)
         return link
@@ -378,7 +334,7 @@ class Store:
             created |= make_dirs(link.parent)
             target = os.path.relpath(repo / "blobs" / f.digest.hex, link.parent)
             if not (link.is_symlink() and os.readlink(link) == target):
-                _atomic_symlink(target, link)
+                atomic_symlink(target, link)
         tree = {
             "format_version": 1,
             "files": {
@@ -407,31 +363,3 @@ class Store:
     def remove_staging(self, spec: ModelSpec) -> None:
         """Drop a model's leftover partial files."""
         shutil.rmtree(self.staging_dir(spec), ignore_errors=True)
-
-
-def _existing_ancestor(path: Path) -> Path:
-    """`path`, or the nearest parent of it that exists."""
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def fmt_bytes(n: int) -> str:
-    """Human-readable bytes, binary units."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def is_no_space(exc: OSError) -> bool:
-    """ENOSPC or EDQUOT."""
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def now() -> float:
-    """Wall-clock time for manifests."""
-    return time.time()

@@ -21,15 +21,20 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from agent import gc, log, metrics, retry, usage
-from agent.config import AgentConfig, ConfigError, ModelConfig, parse
+from agent import log, retry
+from agent.engine.preload import PreloadOptions, PreloadResult, preload
+from agent.engine.transfer import Cancelled, Progress
 from agent.errors import DiskSpaceError, Interrupted, PreloadError
 from agent.manifest import Manifest
-from agent.preload import PreloadOptions, PreloadResult, preload
-from agent.sources import Snapshot, SourceFactory, factories
+from agent.node import metrics
+from agent.node.api import ApiServer
+from agent.node.config import AgentConfig, ConfigError, ModelConfig, parse
+from agent.ops import gc, verify
+from agent.sources.base import Snapshot, SourceFactory
+from agent.sources.registry import factories
 from agent.spec import ModelSpec
-from agent.store import Store
-from agent.transfer import Cancelled, Progress
+from agent.store import Store, usage
+from agent.units import iso_seconds
 
 TICK = 0.5
 CONFIG_POLL = 1.0
@@ -465,7 +470,6 @@ class Daemon:
         those files are re-hashed (as `preload verify` does). Skipped while another process
         holds the model's lock.
         """
-        from agent import verify
 
         with self.store.lock(spec, deadline=0) as got:
             if not got:
@@ -610,7 +614,7 @@ class Daemon:
         """Where the config came from and whether the last change to it was rejected."""
         return {
             "path": str(self.config_path),
-            "loaded_at": _iso(self.config_loaded_at),
+            "loaded_at": iso_seconds(self.config_loaded_at),
             "reload_error": self.reload_error,
             "max_concurrent": self.max_concurrent,
         }
@@ -653,7 +657,7 @@ class Daemon:
             "bytes_total": total,
             "rate_bytes_per_second": round(rate, 1),
             "eta_seconds": eta,
-            "ready_since": _iso(ready_since) if ready_since else None,
+            "ready_since": iso_seconds(ready_since) if ready_since else None,
             "last_error": error,
             "retry_in_seconds": round(max(0.0, retry_at - time.monotonic()), 1)
             if state is State.FAILED
@@ -678,15 +682,9 @@ def _describe(error: BaseException | None) -> str:
     return log.scrub(f"{type(error).__name__}: {error}")
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
 def serve(daemon: Daemon, listen: tuple[str, int], grace: float = 8.0) -> int:
     """Run the loop and the API in this (main) thread until SIGTERM/SIGINT; return the exit code."""
     import signal
-
-    from agent.server import ApiServer
 
     server = ApiServer(listen, daemon)
     server.start()

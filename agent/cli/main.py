@@ -16,10 +16,9 @@ import click
 
 from agent import __version__, log
 from agent.errors import ExitCode, PreloadError, UsageError
-from agent.spec import FileFilter, Layout, ModelSpec, parse_duration, parse_model
+from agent.spec import DEFAULT_ENDPOINT, FileFilter, Layout, ModelSpec, parse_duration, parse_model
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
-DEFAULT_ENDPOINT = "https://huggingface.co"
 ENDPOINT_ENV = ("PRELOAD_ENDPOINT", "HF_ENDPOINT")  # the first one set wins
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
@@ -230,9 +229,10 @@ def cli(ctx: click.Context, /, **kw: Any) -> None:
 
 def run_preload(**kw: Any) -> None:
     """Validate the options and run one preload."""
-    from agent import usage
-    from agent.preload import PreloadOptions, preload
-    from agent.sources import Source, factories
+    from agent.engine.preload import PreloadOptions, preload
+    from agent.sources.base import Source
+    from agent.sources.registry import factories
+    from agent.store import usage
 
     repo, revision = parse_model(kw["model"], kw["revision"])
     spec = ModelSpec(
@@ -302,10 +302,10 @@ def verify_command(**kw: Any) -> None:
     """Check a published model: exit 0 when sound, 4 when damaged, 8 when missing or incomplete."""
     import json
 
-    from agent.preload import PreloadOptions
-    from agent.sources import factories
+    from agent.engine.preload import PreloadOptions
+    from agent.ops.verify import record, repair, verify
+    from agent.sources.registry import factories
     from agent.store import Store
-    from agent.verify import record, repair, verify
 
     repo, revision = parse_model(kw["model"])
     spec = ModelSpec(repo=repo, layout=Layout(kw["layout"]))
@@ -338,7 +338,7 @@ def status_command(dest: Path, as_json: bool) -> None:
     """List every model under DEST (both layouts) with revision, size, state and last verification."""
     import json
 
-    from agent.status import render_table, scan
+    from agent.ops.status import render_table, scan
 
     rows = scan(dest)
     if as_json:
@@ -409,7 +409,7 @@ def _hub_factory(
 )
 def demo(dest: Path, layout: str) -> None:
     """Run preload -> verify -> ready against a built-in loopback hub (no internet needed)."""
-    from agent.demo import run_demo
+    from agent.devhub.demo import run_demo
 
     run_demo(dest, Layout(layout), sys.stdout)
 
@@ -452,9 +452,9 @@ def agent_command(
     --read-timeout, --drop-cache, --progress-interval) apply to the agent's preloads: give them
     before `agent` or through their environment twins.
     """
-    from agent.daemon import Daemon, serve
-    from agent.preload import PreloadOptions
-    from agent.server import parse_listen
+    from agent.engine.preload import PreloadOptions
+    from agent.node.api import parse_listen
+    from agent.node.daemon import Daemon, serve
 
     root = ctx.find_root().params
     address = parse_listen(listen)
@@ -517,7 +517,7 @@ def wait_command(
     model: str, dest: Path | None, agent_url: str | None, timeout: float, revision: str | None, layout: str
 ) -> None:
     """Exit 0 once the model is ready on this node (an init container's job)."""
-    from agent import wait
+    from agent.ops import wait
 
     dest, agent_url = _one_mode(dest, agent_url)
     repo, rev = parse_model(model, revision)
@@ -583,8 +583,8 @@ def gc_command(
     dest: Path, keep_free: float | None, keep_free_bytes: int | None, keep: tuple[str, ...], dry_run: bool
 ) -> None:
     """Free disk space: unused models least recently used first, then superseded revisions."""
-    from agent import gc
     from agent.errors import DiskSpaceError
+    from agent.ops import gc
     from agent.spec import validate_repo_id
 
     if (keep_free is None) == (keep_free_bytes is None):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.errors import UsageError
 from agent.manifest import Manifest
+from agent.ops.verify import last_verified, verify
 from agent.spec import Layout, ModelSpec
-from agent.store import Store, fmt_bytes
-from agent.verify import last_verified, verify
+from agent.store import Store
+from agent.units import fmt_bytes, iso_seconds
 
 COMPLETE = "complete"
 PARTIAL = "partial"
@@ -77,7 +77,7 @@ def _from_marker(store: Store, spec: ModelSpec) -> ModelStatus:
         files=len(m.files),
         hash_origin=m.hash_origin,
         source=m.source,
-        verified_at=_iso(last.at) if last else None,
+        verified_at=iso_seconds(last.at) if last else None,
         verified_deep=last.deep if last else None,
         busy=busy,
         problems=problems,
@@ -108,13 +108,9 @@ def _unpublished(store: Store, rows: dict[tuple[str, str], ModelStatus]) -> list
 def _busy(store: Store, repo: str, layout: str) -> bool:
     try:
         spec = ModelSpec(repo, layout=Layout(layout) if layout != "-" else Layout.DIR)
-        return (store.state / "locks").is_dir() and store.is_locked(spec)
-    except (OSError, ValueError):
+        return store.busy(spec)
+    except ValueError:
         return False
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def render_table(rows: list[ModelStatus]) -> str:

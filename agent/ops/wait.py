@@ -3,7 +3,7 @@
 Two ways to know:
 - `--dest`: read the node cache (a hostPath mount) directly; no network. The marker is
   written last, so its file is what we watch: inotify on its nearest existing directory
-  wakes a full readiness check (agent.watch; a stat poll where inotify is unavailable),
+  wakes a full readiness check (agent.ops.watch; a stat poll where inotify is unavailable),
   and the check also runs every few seconds anyway (network filesystems, where inotify
   sees nothing of other hosts' writes). This mode cannot see a failed preload: only
   --timeout ends it.
@@ -20,12 +20,13 @@ from typing import Any
 
 import httpx
 
-from agent import log, usage
+from agent import log
 from agent.errors import DeadlineExceeded, NotFoundError, PreloadError, UsageError
 from agent.manifest import Manifest
+from agent.ops.watch import PathWatch
 from agent.spec import COMMIT_RE, ModelSpec
-from agent.store import Store, fmt_bytes
-from agent.watch import PathWatch
+from agent.store import Store, usage
+from agent.units import fmt_bytes
 
 FULL_CHECK_EVERY = 5.0
 AGENT_POLL = 1.0

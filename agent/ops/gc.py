@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from agent import log, usage
+from agent import log
 from agent.errors import UsageError
 from agent.spec import Layout, ModelSpec, validate_repo_id
-from agent.store import STATE, Store, fmt_bytes
+from agent.store import STATE, Store, usage
+from agent.units import fmt_bytes
 
 
 class Kind(StrEnum):

@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 from typing import TextIO
 
-from agent.demo_model import DEMO_REPO_ID, demo_repo
+from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
+from agent.devhub.hub import HubServer
+from agent.engine.preload import PreloadOptions, preload
 from agent.errors import IntegrityError
-from agent.hubserver import HubServer
 from agent.integrity import hash_file
-from agent.preload import PreloadOptions, preload
 from agent.sources.hub import HubSource
 from agent.spec import Layout, ModelSpec
-from agent.store import Store, fmt_bytes
+from agent.store import Store
+from agent.units import fmt_bytes
 
 
 def run_demo(dest: Path, layout: Layout, out: TextIO) -> None:

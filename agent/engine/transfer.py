@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import cast
 
 from agent import crashpoints, log, retry
-from agent.buffers import DIRECT_ALIGN, BufferPool
+from agent.buffers import DIRECT_ALIGN, READS, BufferPool
 from agent.errors import DeadlineExceeded, DiskSpaceError, IntegrityError, PreloadError
-from agent.integrity import STREAM_BLOCK, Hasher
+from agent.integrity import Hasher
 from agent.manifest import RemoteFile
-from agent.sources import Block, Snapshot, Source
+from agent.sources.base import Block, Snapshot, Source
 from agent.spec import ModelSpec
-from agent.store import Placement, fsync_dir, is_no_space, make_dirs, tmp_sibling
+from agent.store import Placement
+from agent.store.fs import fsync_dir, is_no_space, make_dirs, tmp_sibling
 
 JOURNAL_EVERY = 256 << 10  # an append without fsync: cheap, and a kill -9 loses less per connection
 JOURNAL_SUFFIX = ".journal"
@@ -45,7 +46,6 @@ DIRECT_FLUSH = 512 << 10  # per write: large enough for the disk, small enough t
 # Shared by every transfer in the process: the staging buffers of connections whose blocks
 # cannot go to disk as they are, and the buffers of hash read-backs (one per file at most).
 _STAGES = BufferPool(DIRECT_FLUSH)
-_READS = BufferPool(STREAM_BLOCK)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -719,7 +719,7 @@ class Transfer:
         or by an earlier run: not in the page cache, and a buffered read would allocate them)."""
         assert job.fd is not None
         idx = next(i for i, (s, e) in enumerate(job.chunks) if s <= start < e)
-        with _READS.lend() as buf:
+        with READS.lend() as buf:
             direct = (
                 job.dfd is not None and job.direct_ok and not job.cached[idx] and start % DIRECT_ALIGN == 0
             )

@@ -1,0 +1,1 @@
+"""The download engine: the preload use case, planning, scheduling, disk I/O, hashing, progress."""

@@ -1,0 +1,1 @@
+"""The DaemonSet agent: wiring, config, model state, reconcile, periodic checks, API, metrics."""

@@ -1,0 +1,1 @@
+"""Offline operations on a cache directory: verify, gc, status, wait, watch."""

@@ -1,0 +1,51 @@
+"""The seam between the engine and the places model files come from: the `Source` protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from agent.manifest import RemoteFile
+from agent.spec import ModelSpec
+
+Block = bytes | memoryview
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A resolved revision: its commit and every file with size and expected hash."""
+
+    commit: str
+    files: tuple[RemoteFile, ...]
+    source: str
+    endpoint: str | None = None
+    hash_origin: str = "source"
+    chunk_size: int | None = None  # the source's preferred range size; None: the caller's
+
+
+class Source(Protocol):
+    """A place that can list a model's files and stream byte ranges of them."""
+
+    name: str
+
+    def snapshot(self, spec: ModelSpec) -> Snapshot:
+        """Resolve the spec's revision and list its files."""
+        ...
+
+    def open_range(
+        self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
+    ) -> AbstractContextManager[Iterator[Block]]:
+        """Stream bytes [start, end) of `file`; raise TransientError for retryable trouble.
+
+        A yielded block is valid only until the next one is asked for (sources may reuse buffers).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+SourceFactory = Callable[[], Source]
