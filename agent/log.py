@@ -8,6 +8,9 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import FilteringBoundLogger
+
+Logger = FilteringBoundLogger  # what `get` returns: typed log calls everywhere
 
 _secrets: set[str] = set()
 
@@ -75,6 +78,7 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
     )
 
 
-def get(name: str = "preload") -> Any:
+def get(name: str = "preload") -> Logger:
     """A bound logger."""
-    return structlog.get_logger(name)
+    logger: Logger = structlog.get_logger(name)
+    return logger

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from agent import log, retry
 from agent.engine.transfer import Cancelled, Progress, Transfer, TransferOptions
@@ -115,7 +114,7 @@ def preload(
 
 
 def _take_lock(
-    held: contextlib.ExitStack, store: Store, spec: ModelSpec, deadline: float | None, logger: Any
+    held: contextlib.ExitStack, store: Store, spec: ModelSpec, deadline: float | None, logger: log.Logger
 ) -> None:
     """Hold the model's lock until `held` closes, logging the wait at once, then every 10 s."""
     last = [0.0]
@@ -150,7 +149,7 @@ def _transfer(
     opts: PreloadOptions,
     policy: retry.RetryPolicy,
     progress: Progress,
-    logger: Any,
+    logger: log.Logger,
 ) -> Manifest:
     """Fetch and verify every selected file; the manifest to publish."""
     begun = time.time()
@@ -204,7 +203,7 @@ def _select(
 
 
 def _done(
-    logger: Any,
+    logger: log.Logger,
     store: Store,
     spec: ModelSpec,
     m: Manifest,
