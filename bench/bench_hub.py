@@ -35,7 +35,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.devhub.hub import HubFile, HubRepo, HubServer, export_lfs_blobs  # noqa: E402
+from agent.devhub import HubFile, HubRepo, HubServer, export_lfs_blobs  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = VENV_BIN / "python"

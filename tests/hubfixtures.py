@@ -1,4 +1,4 @@
-"""Fixtures for tests that talk to the loopback test hub (agent.devhub.hub).
+"""Fixtures for tests that talk to the loopback test hub (agent.devhub).
 
 Import the ones you use into a test module, or list this module in `pytest_plugins`.
 """
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from agent.devhub import HubRepo, HubServer
 from agent.devhub.demo_model import demo_repo
-from agent.devhub.hub import HubRepo, HubServer
 
 HubFactory = Callable[..., HubServer]
 

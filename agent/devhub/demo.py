@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
-from agent.devhub.hub import HubServer
+from agent.devhub.server import HubServer
 from agent.engine.preload import PreloadOptions, preload
 from agent.errors import IntegrityError
 from agent.integrity import hash_file

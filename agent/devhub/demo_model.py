@@ -9,7 +9,7 @@ import hashlib
 import json
 import struct
 
-from agent.devhub.hub import HubFile, HubRepo
+from agent.devhub.repo import HubFile, HubRepo
 
 DEMO_REPO_ID = "demo-org/tiny-model"
 HIDDEN = 64

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from agent.devhub.hub import HubFile, HubRepo, HubServer
+from agent.devhub import HubFile, HubRepo, HubServer
 from agent.integrity import SHA256, Digest
 from agent.manifest import Manifest, RemoteFile
 from agent.spec import ModelSpec

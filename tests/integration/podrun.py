@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from agent.devhub.hub import DEFAULT_TOKEN, HubServer
+from agent.devhub import DEFAULT_TOKEN, HubServer
 from agent.spec import Layout, ModelSpec
 from agent.store import Store
 from tests.conftest import free_port, http_status

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.devhub import Fault, HubFile, HubRepo, HubServer
 from agent.devhub.demo_model import demo_repo
-from agent.devhub.hub import Fault, HubFile, HubRepo, HubServer
 from tests.conftest import RunPreload, tmpfs
 from tests.hubfixtures import HubFactory
 from tests.integration.agentproc import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devhub.hub import HubFile, HubRepo, HubServer
+from agent.devhub import HubFile, HubRepo, HubServer
 from agent.spec import Layout
 from agent.store import usage
 from tests.conftest import RunPreload, tmpfs

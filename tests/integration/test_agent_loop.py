@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.devhub.hub import HubServer
+from agent.devhub import HubServer
 from agent.errors import ExitCode
 from tests.conftest import RunPreload
 from tests.integration.agentproc import DEMO, AgentProc, eventually, publish_sparse, small_repo, start_agent

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devhub.hub import HubServer
+from agent.devhub import HubServer
 from tests.integration.agentproc import DEMO, AgentProc
 
 

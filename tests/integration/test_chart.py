@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.devhub.hub import HubServer
+from agent.devhub import HubServer
 from tests.conftest import tool_unavailable
 from tests.integration import podrun
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.crashpoints import POINTS
+from agent.devhub import HubServer
 from agent.devhub.demo_model import DEMO_REPO_ID, demo_files
-from agent.devhub.hub import HubServer
 from agent.spec import Layout, ModelSpec
 from agent.store import Store
 from tests.conftest import RunPreload

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devhub.hub import HubFile, HubRepo, HubServer
+from agent.devhub import HubFile, HubRepo, HubServer
 from agent.manifest import Manifest
 from tests.conftest import Run, RunPreload, base_env, spawn_preload
 from tests.hubfixtures import HubFactory

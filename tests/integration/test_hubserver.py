@@ -28,8 +28,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
-from agent.devhub.hub import (
+from agent.devhub import (
     DEFAULT_TOKEN,
     Fault,
     HubFile,
@@ -40,6 +39,7 @@ from agent.devhub.hub import (
     git_blob_sha1,
     parse_range,
 )
+from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
 from tests.hubfixtures import HubFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -494,10 +494,10 @@ def test_real_client_resumes_after_truncation(hub_factory: HubFactory, hf_client
 
 @pytest.fixture
 def served_dir(tmp_path: Path) -> Iterator[str]:
-    """`python -m agent.devhub.hub --serve-dir` running on a small directory; yields its URL."""
+    """`python -m agent.devhub --serve-dir` running on a small directory; yields its URL."""
     (tmp_path / "config.json").write_text("{}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.devhub.hub", "--serve-dir", str(tmp_path), "--repo", "o/r"],
+        [sys.executable, "-m", "agent.devhub", "--serve-dir", str(tmp_path), "--repo", "o/r"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

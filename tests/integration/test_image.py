@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.devhub.hub import HubServer
+from agent.devhub import HubServer
 from tests.conftest import free_port, http_status, tool_unavailable
 from tests.integration import podrun
 

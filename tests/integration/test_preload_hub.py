@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.devhub import Fault, HubFile, HubRepo, HubServer
 from agent.devhub.demo_model import DEMO_REPO_ID, demo_files, demo_repo
-from agent.devhub.hub import Fault, HubFile, HubRepo, HubServer
 from agent.manifest import Manifest
 from tests.conftest import RunPreload, base_env, spawn_preload, tmpfs
 from tests.hubfixtures import HubFactory

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.devhub.hub import HubFile, HubRepo
+from agent.devhub import HubFile, HubRepo
 from tests.conftest import RunPreload
 from tests.hubfixtures import HubFactory
 

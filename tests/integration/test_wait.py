@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent.devhub.hub import Fault, HubServer
+from agent.devhub import Fault, HubServer
 from agent.errors import ExitCode
 from tests.conftest import RunPreload, base_env
 from tests.integration.agentproc import BIG, DEMO, AgentProc, big_repo, free_port

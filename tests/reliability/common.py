@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.devhub.hub import HubFile, HubRepo, HubServer
+from agent.devhub import HubFile, HubRepo, HubServer
 from agent.spec import Layout, ModelSpec
 from agent.store import Store
 from tests.conftest import Run, base_env

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from agent.devhub import Fault, HubServer
 from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
-from agent.devhub.hub import Fault, HubServer
 from tests.integration.agentproc import AgentProc
 from tests.reliability.common import Ctx, Row, bounded_poll, cli, spawn
 

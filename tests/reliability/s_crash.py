@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from agent.crashpoints import POINTS
+from agent.devhub import HubFile, HubRepo, HubServer
 from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
-from agent.devhub.hub import HubFile, HubRepo, HubServer
 from agent.spec import ModelSpec
 from agent.store import Store
 from tests.conftest import Run

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.devhub import Fault, HubServer
 from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
-from agent.devhub.hub import Fault, HubServer
 from tests.conftest import Run
 from tests.integration.test_preload_hub import HOSTILE
 from tests.reliability.common import (

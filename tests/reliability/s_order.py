@@ -24,8 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.devhub import HubServer
 from agent.devhub.demo_model import DEMO_REPO_ID, demo_repo
-from agent.devhub.hub import HubServer
 from agent.spec import Layout, ModelSpec
 from agent.store import Store
 from tests.reliability.common import PY, Ctx, Row, cli, env, expected_hashes, ready_state

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.devhub.hub import HubFile, HubRepo, HubServer
+from agent.devhub import HubFile, HubRepo, HubServer
 from tests.conftest import free_port
 from tests.integration.agentproc import AgentProc
 from tests.reliability.common import (

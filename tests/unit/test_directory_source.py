@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devhub.hub import git_blob_sha1
+from agent.devhub import git_blob_sha1
 from agent.engine.preload import PreloadOptions, preload
 from agent.errors import IntegrityError, NotFoundError, UsageError
 from agent.sources.directory import DirectorySource, parse_location

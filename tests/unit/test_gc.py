@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.devhub.hub import HubServer
+from agent.devhub import HubServer
 from agent.engine.preload import PreloadOptions, preload
 from agent.ops import gc
 from agent.sources.hub import HubSource
