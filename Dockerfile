@@ -41,7 +41,8 @@ RUN set -eu; \
         > /tmp/requirements.txt; \
     /opt/venv/bin/pip install -r /tmp/requirements.txt
 
-# 2. The project itself (no dependency resolution: step 1 did it).
+# 2. The project itself (no dependency resolution: step 1 did it). agent/devhub/ (the
+#    loopback test hub and demo model) is not in the build context: .dockerignore drops it.
 COPY pyproject.toml README.md* ./
 COPY agent/ ./agent/
 RUN set -eu; \

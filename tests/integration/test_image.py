@@ -145,6 +145,25 @@ def test_runtime_has_no_build_tools(image: str, node_cache: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_dev_hub_left_out(image: str, node_cache: Path) -> None:
+    """agent/devhub (the loopback test hub and demo model) is not in the image, the product is,
+    and `preload demo` says in one line that the demo hub is missing instead of a traceback."""
+
+    def python(code: str) -> subprocess.CompletedProcess[str]:
+        return _podman(*run_args(image, node_cache, "--entrypoint", "python"), "-c", code)
+
+    missing = python("import agent.devhub")
+    assert missing.returncode != 0
+    assert "ModuleNotFoundError: No module named 'agent.devhub'" in missing.stderr, missing.stderr
+    present = python("import agent.engine.preload")
+    assert present.returncode == 0, present.stderr
+    demo = _podman(*run_args(image, node_cache), "demo", "--dest", "/tmp/demo")
+    assert demo.returncode != 0
+    assert "the demo hub is not installed in this image" in demo.stderr, demo.stderr
+    assert "Traceback" not in demo.stderr
+    assert len(demo.stderr.strip().splitlines()) == 1, demo.stderr
+
+
 def test_preload_demo_model(image: str, node_cache: Path, hub: Any) -> None:
     """A real preload of demo-org/tiny-model from the loopback hub into the mounted cache."""
     proc = _podman(
