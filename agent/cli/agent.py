@@ -1,0 +1,61 @@
+"""`preload agent`: the DaemonSet's long-running agent (see docs/agent.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from agent.cli.options import CONTEXT, check_endpoint, check_token_file, dest_option, hub_factory, opt
+
+
+@click.command("agent", context_settings=CONTEXT)
+@opt(
+    "--config",
+    "config_path",
+    env="PRELOAD_CONFIG",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Agent config YAML (e.g. a mounted ConfigMap); reloaded when it changes.",
+)
+@dest_option("Node cache directory (e.g. the hostPath /data/models).", file_okay=False, required=True)
+@opt("--listen", env="PRELOAD_LISTEN", default="0.0.0.0:8080", help="HTTP API address, HOST:PORT.")
+@opt(
+    "--max-concurrent",
+    env="PRELOAD_MAX_CONCURRENT",
+    type=click.IntRange(1, 64),
+    default=None,
+    show_default="config maxConcurrent, else 2",
+    help="Models preloaded at once.",
+)
+@click.pass_context
+def agent_command(
+    ctx: click.Context, config_path: Path, dest: Path, listen: str, max_concurrent: int | None
+) -> None:
+    """Keep this node's cache matching the config; serve /livez, /readyz, /v1/models, /metrics.
+
+    The transfer options of `preload` itself (--endpoint, --token-file, --max-workers, --chunk-size,
+    --read-timeout, --drop-cache, --progress-interval) apply to the agent's preloads: give them
+    before `agent` or through their environment twins.
+    """
+    from agent.engine.preload import PreloadOptions
+    from agent.node.api import parse_listen
+    from agent.node.daemon import Daemon, serve
+
+    root = ctx.find_root().params
+    address = parse_listen(listen)
+    opts = PreloadOptions(
+        max_workers=root["max_workers"],
+        chunk_size=root["chunk_size"],
+        progress_interval=root["progress_interval"] or 5.0,
+        drop_cache=root["drop_cache"],
+    )
+    hub = hub_factory(
+        check_endpoint(root["endpoint"]),
+        check_token_file(root["token_file"]),
+        root["max_workers"],
+        root["read_timeout"] or 30.0,
+    )
+    daemon = Daemon(config_path, dest, hub, opts, max_concurrent)
+    sys.exit(serve(daemon, address))

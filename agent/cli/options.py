@@ -1,0 +1,203 @@
+"""What the commands share: parameter types, option factories, endpoint and token checks, the hub."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+import click
+
+from agent.errors import UsageError
+from agent.spec import DEFAULT_ENDPOINT, Layout, parse_duration
+
+if TYPE_CHECKING:
+    from agent.sources.base import Source, SourceFactory
+
+ENDPOINT_ENV = ("PRELOAD_ENDPOINT", "HF_ENDPOINT")  # the first one set wins
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """A duration such as 90, 30s, 5m, 1h30m; 0 means no limit."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float | int):
+            return float(value)
+        try:
+            return parse_duration(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """A size such as 1048576, 64MiB, 1GiB; "auto" (where allowed) is 0."""
+
+    name = "size"
+    _units: ClassVar[dict[str, int]] = {
+        "": 1,
+        "b": 1,
+        "k": 1 << 10,
+        "kib": 1 << 10,
+        "m": 1 << 20,
+        "mib": 1 << 20,
+        "g": 1 << 30,
+        "gib": 1 << 30,
+    }
+
+    def __init__(self, auto: bool = False) -> None:
+        self.auto = auto
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if self.auto and text == "auto":
+            return 0
+        num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(num) :]
+        if not num.isdigit() or unit not in self._units:
+            self.fail(f"invalid size {value!r}: use e.g. 32MiB, 1GiB", param, ctx)
+        return int(num) * self._units[unit]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def opt(*names: str, env: str | Sequence[str], **kw: Any) -> Callable[[F], F]:
+    """A click option that always has an environment twin and a default, both shown in --help."""
+    if "show_default" not in kw:
+        if kw.get("is_flag"):
+            kw["show_default"] = "off"
+        elif kw.get("default") is None and not kw.get("required"):
+            kw["show_default"] = "none"
+    envvar = env if isinstance(env, str) else list(env)
+    decorator: Callable[[F], F] = click.option(*names, envvar=envvar, show_envvar=True, **kw)
+    return decorator
+
+
+# -- Options several commands take: one name, env twin and type each; the help says what it is for here.
+
+
+def model_option(help: str, **kw: Any) -> Callable[[F], F]:
+    """--model ORG/NAME[@REVISION] (PRELOAD_MODEL)."""
+    return opt("--model", env="PRELOAD_MODEL", help=help, **kw)
+
+
+def dest_option(help: str, *, file_okay: bool = True, exists: bool = False, **kw: Any) -> Callable[[F], F]:
+    """--dest DIR, the cache directory (PRELOAD_DEST)."""
+    path = click.Path(path_type=Path, file_okay=file_okay, exists=exists)
+    return opt("--dest", env="PRELOAD_DEST", type=path, help=help, **kw)
+
+
+def revision_option(help: str, show_default: str) -> Callable[[F], F]:
+    """--revision BRANCH|TAG|COMMIT (PRELOAD_REVISION); absent unless given."""
+    return opt("--revision", env="PRELOAD_REVISION", default=None, show_default=show_default, help=help)
+
+
+def layout_option(help: str) -> Callable[[F], F]:
+    """--layout dir|hf-cache (PRELOAD_LAYOUT), dir by default."""
+    return opt(
+        "--layout",
+        env="PRELOAD_LAYOUT",
+        type=click.Choice([layout.value for layout in Layout]),
+        default=Layout.DIR.value,
+        help=help,
+    )
+
+
+def source_option(help: str) -> Callable[[F], F]:
+    """--source (repeatable, PRELOAD_SOURCE), the hub when none is given; the parameter is `sources`."""
+    return opt("--source", "sources", env="PRELOAD_SOURCE", multiple=True, show_default="hf", help=help)
+
+
+def max_workers_option(help: str) -> Callable[[F], F]:
+    """--max-workers 1..128 (PRELOAD_MAX_WORKERS), 16 by default."""
+    return opt("--max-workers", env="PRELOAD_MAX_WORKERS", type=click.IntRange(1, 128), default=16, help=help)
+
+
+timeout_option = opt(
+    "--timeout",
+    env="PRELOAD_TIMEOUT",
+    type=Duration(),
+    default="0",
+    help="Give up after this long (0 = never).",
+)
+endpoint_option = opt(
+    "--endpoint",
+    env=ENDPOINT_ENV,
+    default=DEFAULT_ENDPOINT,
+    help="Hub or mirror base URL, http(s)://HOST[:PORT][/PATH].",
+)
+token_file_option = opt(
+    "--token-file",
+    env="PRELOAD_TOKEN_FILE",
+    type=click.Path(path_type=Path),
+    show_default="none: HF_TOKEN, else anonymous",
+    help="File holding the hub token.",
+)
+log_format_option = opt(
+    "--log-format",
+    env="PRELOAD_LOG_FORMAT",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    help="Log lines on stderr; auto (beyond json|console): console when stdout and stderr are both "
+    "terminals, else JSON.",
+)
+
+
+# -- Checks and the hub source ---------------------------------------------------------------
+
+
+def check_endpoint(url: str) -> str:
+    """The hub base URL if it is http(s)://HOST[:PORT][/PATH], else a usage error (credentials hidden)."""
+    text = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # e.g. a port that is not a number or out of range
+        valid = False
+    if not valid:
+        shown = re.sub(r"^([A-Za-z][\w+.-]*://)?[^/@]*@", r"\1***@", text)  # no userinfo in logs
+        raise UsageError(
+            f"invalid endpoint {shown[:200]!r} (--endpoint, PRELOAD_ENDPOINT or HF_ENDPOINT): "
+            "expected http(s)://HOST[:PORT][/PATH]"
+        )
+    return text
+
+
+def check_token_file(path: Path | None) -> str | None:
+    """The token file's path if it holds a token, else a usage error (the token is not returned)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            empty = not f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read --token-file {path}: {reason}") from exc
+    if empty:
+        raise UsageError(f"--token-file {path} is empty")
+    return str(path)
+
+
+def hub_factory(
+    endpoint: str, token_file: str | None, max_workers: int, read_timeout: float = 30.0
+) -> SourceFactory:
+    """A factory for the hub source, for commands that may need to fetch.
+
+    The import is deferred to the first call: httpx is not needed when the model is already complete
+    (warm start).
+    """
+
+    def hub() -> Source:
+        from agent.sources.hub import HubSource, default_token
+
+        token = default_token(token_file)
+        return HubSource(endpoint, token, read_timeout=read_timeout, max_connections=max_workers)
+
+    return hub

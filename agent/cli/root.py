@@ -1,0 +1,144 @@
+"""The root `preload` group: its options, and the preload it runs when no subcommand is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent import __version__, log
+from agent.cli.options import (
+    CONTEXT,
+    ByteSize,
+    Duration,
+    check_endpoint,
+    check_token_file,
+    dest_option,
+    endpoint_option,
+    hub_factory,
+    layout_option,
+    log_format_option,
+    max_workers_option,
+    model_option,
+    opt,
+    revision_option,
+    source_option,
+    timeout_option,
+    token_file_option,
+)
+from agent.errors import UsageError
+from agent.spec import FileFilter, Layout, ModelSpec, parse_model
+
+REQUIRED_AT_ROOT = "none; required without a subcommand"
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@model_option("Model to preload: ORG/NAME[@REVISION].", show_default=REQUIRED_AT_ROOT)
+@dest_option("Cache directory (e.g. /data/models).", show_default=REQUIRED_AT_ROOT)
+@revision_option("Branch, tag or 40-hex commit.", show_default="main")
+@layout_option("dir: files at DEST/ORG/NAME; hf-cache: the hub cache layout (HF_HUB_CACHE=DEST).")
+@opt(
+    "--include",
+    env="PRELOAD_INCLUDE",
+    multiple=True,
+    help="Only files matching this glob (repeatable).",
+)
+@opt(
+    "--exclude",
+    env="PRELOAD_EXCLUDE",
+    multiple=True,
+    help="Skip files matching this glob (repeatable).",
+)
+@opt(
+    "--all-files",
+    env="PRELOAD_ALL_FILES",
+    is_flag=True,
+    help="Fetch every file, even duplicate weight formats.",
+)
+@source_option("Where to get the model, tried in order: 'hf' (the hub) or a directory/file:// URL.")
+@endpoint_option
+@token_file_option
+@max_workers_option("Parallel connections.")
+@opt(
+    "--chunk-size",
+    env="PRELOAD_CHUNK_SIZE",
+    type=ByteSize(auto=True),
+    default="auto",
+    help="Range size for splitting large files; auto spreads --max-workers connections over the files "
+    "by size (a file gets one stream when there are more files than connections).",
+)
+@timeout_option
+@opt(
+    "--read-timeout",
+    env="PRELOAD_READ_TIMEOUT",
+    type=Duration(),
+    default="30s",
+    help="A stall this long counts as a failed read.",
+)
+@opt(
+    "--refresh",
+    env="PRELOAD_REFRESH",
+    is_flag=True,
+    help="Re-resolve the branch even if a complete copy exists.",
+)
+@opt(
+    "--drop-cache",
+    env="PRELOAD_DROP_CACHE",
+    is_flag=True,
+    help="Drop copied pages from the page cache as they are written (it counts against a pod's "
+    "memory limit).",
+)
+@opt(
+    "--progress-interval",
+    env="PRELOAD_PROGRESS_INTERVAL",
+    type=Duration(),
+    default="5s",
+    help="Seconds between progress lines.",
+)
+@log_format_option
+@click.version_option(__version__, prog_name="preload")
+@click.pass_context
+def cli(ctx: click.Context, /, **kw: Any) -> None:
+    """Preload a model onto this node's cache, verified and atomically published.
+
+    Without a subcommand: preload --model ORG/NAME --dest DIR.
+    """
+    log.configure(kw["log_format"])
+    if ctx.invoked_subcommand is not None:
+        return
+    if not kw["model"] or not kw["dest"]:
+        raise click.UsageError("--model and --dest are required (or give a subcommand; see --help)")
+    run_preload(**kw)
+
+
+def run_preload(**kw: Any) -> None:
+    """Validate the options and run one preload."""
+    # Deferred: `preload --help` and the subcommands need none of the engine.
+    from agent.engine.preload import PreloadOptions, preload
+    from agent.sources.registry import factories
+    from agent.store import usage
+
+    repo, revision = parse_model(kw["model"], kw["revision"])
+    spec = ModelSpec(
+        repo=repo,
+        revision=revision,
+        layout=Layout(kw["layout"]),
+        files=FileFilter(tuple(kw["include"]), tuple(kw["exclude"]), kw["all_files"]),
+    )
+    dest: Path = kw["dest"]
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"--dest {dest} exists and is not a directory")
+    endpoint = check_endpoint(kw["endpoint"])
+    token_file = check_token_file(kw["token_file"])
+    opts = PreloadOptions(
+        max_workers=kw["max_workers"],
+        chunk_size=kw["chunk_size"],
+        timeout=kw["timeout"],
+        refresh=kw["refresh"],
+        progress_interval=kw["progress_interval"] or 5.0,
+        drop_cache=kw["drop_cache"],
+    )
+    hub = hub_factory(endpoint, token_file, kw["max_workers"], kw["read_timeout"] or 30.0)
+    preload(spec, dest, factories(kw["sources"], hub, kw["drop_cache"]), opts)
+    usage.touch(dest, spec)  # garbage collection evicts the least recently used first
