@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 import pytest
 
-from agent.cli import check_endpoint, cli
-from agent.errors import UsageError
+from agent import log
+from agent.cli import check_endpoint, cli, main
+from agent.errors import ExitCode, UsageError
 
 
 def commands() -> list[tuple[str, click.Command]]:
@@ -81,3 +85,18 @@ def test_valid_endpoints_pass_without_trailing_slash() -> None:
         "https://m.local/p/",
     ):
         assert check_endpoint(url) == url.rstrip("/")
+
+
+def test_demo_without_the_dev_hub_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The container image leaves agent/devhub out: `preload demo` says so and exits 2, no traceback."""
+    monkeypatch.setitem(sys.modules, "agent.devhub.demo", None)  # import fails as if absent
+    monkeypatch.setattr(log, "configure", lambda _format: None)  # keep logging off capsys' stream
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", "--dest", str(tmp_path / "demo")])
+    assert exited.value.code == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("preload: the demo hub is not installed in this image")
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "demo").exists()
