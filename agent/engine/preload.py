@@ -11,8 +11,10 @@ from functools import partial
 from pathlib import Path
 
 from agent import log, retry
-from agent.engine.transfer import Cancelled, Progress, Transfer, TransferOptions
-from agent.errors import DeadlineExceeded, PreloadError, UsageError
+from agent.engine.plan import plan
+from agent.engine.progress import Progress
+from agent.engine.transfer import Cancelled, Transfer, TransferOptions
+from agent.errors import DeadlineExceeded, PreloadError
 from agent.manifest import Manifest, RemoteFile
 from agent.sources.base import Snapshot, Source, SourceFactory
 from agent.spec import ModelSpec
@@ -85,7 +87,7 @@ def preload(
             source = factory()
             try:
                 listing = retry.call(partial(source.snapshot, spec), policy, what=f"listing {spec.repo}")
-                snap, skipped, placements = _plan(spec, store, listing)
+                snap, skipped, placements = plan(spec, store, listing)
                 if not locked:
                     store.prepare()
                     _take_lock(held, store, spec, deadline, logger)
@@ -94,7 +96,7 @@ def preload(
                     # this commit with other files meanwhile.
                     if not opts.refresh and (m := store.ready(spec)) is not None:
                         return _done(logger, store, spec, m, 0, started, already=True)
-                    snap, skipped, placements = _plan(spec, store, listing)
+                    snap, skipped, placements = plan(spec, store, listing)
                 if opts.on_snapshot is not None:
                     opts.on_snapshot(snap)
                 m = _transfer(spec, store, source, snap, skipped, placements, opts, policy, progress, logger)
@@ -126,17 +128,6 @@ def _take_lock(
 
     if not held.enter_context(store.lock(spec, deadline, on_wait)):
         raise DeadlineExceeded(f"timed out waiting for another preload of {spec.repo} to finish")
-
-
-def _plan(
-    spec: ModelSpec, store: Store, listing: Snapshot
-) -> tuple[Snapshot, tuple[RemoteFile, ...], list[Placement]]:
-    """What to fetch given the marker as it is now, and where: selection, placements, and the
-    free-space check (which raises before anything is written)."""
-    snap, skipped = _select(spec, listing, store.read_marker(spec))
-    placements = store.placements(spec, snap.commit, snap.files)
-    store.check_space(Transfer.pending_bytes(placements, store.published_files(spec)))
-    return snap, skipped, placements
 
 
 def _transfer(
@@ -183,23 +174,6 @@ def _transfer(
         endpoint=snap.endpoint,
         hash_origin=snap.hash_origin,
     )
-
-
-def _select(
-    spec: ModelSpec, snap: Snapshot, current: Manifest | None
-) -> tuple[Snapshot, tuple[RemoteFile, ...]]:
-    """The snapshot narrowed to the files to publish, and the listed files left out.
-
-    Files an earlier run already published for the same commit stay in (another pod may have
-    asked for them with another selection), so one run never takes files from another.
-    """
-    wanted = set(spec.files.select(f.path for f in snap.files))
-    if not wanted:
-        raise UsageError(f"no files of {spec.repo}@{snap.commit[:12]} match the include/exclude filters")
-    if current is not None and current.commit == snap.commit:
-        wanted |= {f.path for f in current.files}
-    files = tuple(f for f in snap.files if f.path in wanted)
-    return replace(snap, files=files), tuple(f for f in snap.files if f.path not in wanted)
 
 
 def _done(

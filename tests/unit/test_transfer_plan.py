@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.engine.transfer import JOURNAL_SUFFIX, MIN_CHUNK, _Job, auto_chunk_size
+from agent.engine.job import Job
+from agent.engine.splitter import MIN_CHUNK, auto_chunk_size
 from agent.integrity import SHA256, Digest
 from agent.manifest import RemoteFile
 from agent.sources.ranged import proxied
+from agent.store.ingest import JOURNAL_SUFFIX
 
 GIB = 1 << 30
 
@@ -38,9 +40,9 @@ def test_a_resumed_file_keeps_the_layout_of_its_journal(tmp_path: Path) -> None:
     f = RemoteFile("w.safetensors", 100 << 20, Digest(SHA256, "a" * 64))
     part = tmp_path / "x.part"
     part.with_name(part.name + JOURNAL_SUFFIX).write_text(f"v1 {f.size} {8 << 20} {'a' * 64}\n0 123\n")
-    assert len(_Job(f, part, [tmp_path / "out"], 50 << 20).chunks) == 13
+    assert len(Job(f, part, [tmp_path / "out"], 50 << 20).chunks) == 13
     other = RemoteFile("w.safetensors", 100 << 20, Digest(SHA256, "b" * 64))
-    assert len(_Job(other, part, [tmp_path / "out"], 50 << 20).chunks) == 2
+    assert len(Job(other, part, [tmp_path / "out"], 50 << 20).chunks) == 2
 
 
 @pytest.mark.parametrize(
