@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from agent import log
 from agent.errors import UsageError
+from agent.modelview import ConfigView, ModelView
 from agent.node import metrics
 from agent.spec import validate_repo_id
 
@@ -25,7 +26,7 @@ MODELS_PREFIX = "/v1/models"
 
 
 class Status(Protocol):
-    """What the API reads; the Daemon provides it."""
+    """What the API reads; the Daemon provides it (agent.node.daemon)."""
 
     def alive(self) -> bool:
         """True while the reconcile loop turns."""
@@ -39,15 +40,15 @@ class Status(Protocol):
         """Required models not ready yet."""
         ...
 
-    def views(self) -> list[dict[str, Any]]:
+    def views(self) -> list[ModelView]:
         """Every configured model."""
         ...
 
-    def view(self, repo: str) -> dict[str, Any] | None:
+    def view(self, repo: str) -> ModelView | None:
         """One configured model, or None."""
         ...
 
-    def config_view(self) -> dict[str, Any]:
+    def config_view(self) -> ConfigView:
         """Config source and reload status."""
         ...
 
@@ -119,7 +120,11 @@ class _Handler(BaseHTTPRequestHandler):
             text, ctype = metrics.exposition()
             return HTTPStatus.OK, text, ctype
         if path in (MODELS_PREFIX, MODELS_PREFIX + "/"):
-            return HTTPStatus.OK, {"models": status.views(), "config": status.config_view()}, None
+            listing = {
+                "models": [v.to_dict() for v in status.views()],
+                "config": status.config_view().to_dict(),
+            }
+            return HTTPStatus.OK, listing, None
         if path.startswith(MODELS_PREFIX + "/"):
             repo = unquote(path[len(MODELS_PREFIX) + 1 :]).rstrip("/")
             try:
@@ -130,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
             if view is None:
                 raise _Reply(HTTPStatus.NOT_FOUND, f"model {repo} is not configured on this agent")
             status.record_use(repo)
-            return HTTPStatus.OK, view, None
+            return HTTPStatus.OK, view.to_dict(), None
         raise _Reply(HTTPStatus.NOT_FOUND, f"no such endpoint {path[:200]!r}")
 
     def _send(

@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from agent import log
 from agent.errors import DeadlineExceeded, NotFoundError, PreloadError, UsageError
 from agent.manifest import Manifest
+from agent.modelview import ModelState, ModelView, ViewError
 from agent.ops.watch import PathWatch
 from agent.spec import COMMIT_RE, ModelSpec
 from agent.store import Store, usage
@@ -76,7 +76,7 @@ def _ready(store: Store, spec: ModelSpec, any_revision: bool) -> Manifest | None
     return store.ready(spec, selection=False)
 
 
-def wait_agent(url: str, spec: ModelSpec, timeout: float, any_revision: bool) -> dict[str, Any]:
+def wait_agent(url: str, spec: ModelSpec, timeout: float, any_revision: bool) -> ModelView:
     """Return the agent's view of the model once it is ready; raise on failed, unknown or timeout."""
     base = url.rstrip("/")
     endpoint = f"{base}/v1/models/{spec.repo}"
@@ -90,11 +90,11 @@ def wait_agent(url: str, spec: ModelSpec, timeout: float, any_revision: bool) ->
             view = _ask(client, endpoint, spec, base)
             if view is not None:
                 _check_match(view, spec, any_revision, base)
-                if view.get("state") == "ready":
-                    logger.info("model_ready", commit=view.get("commit"), path=view.get("path"))
+                if view.state is ModelState.READY:
+                    logger.info("model_ready", commit=view.commit, path=view.path)
                     return view
-                if view.get("state") == "failed":
-                    raise ModelFailedError(f"{spec.repo} failed on the agent: {view.get('last_error')}")
+                if view.state is ModelState.FAILED:
+                    raise ModelFailedError(f"{spec.repo} failed on the agent: {view.last_error}")
                 last = _describe(view)
             else:
                 last = "agent not reachable"
@@ -106,8 +106,9 @@ def wait_agent(url: str, spec: ModelSpec, timeout: float, any_revision: bool) ->
             time.sleep(AGENT_POLL)
 
 
-def _ask(client: httpx.Client, endpoint: str, spec: ModelSpec, base: str) -> dict[str, Any] | None:
-    """The agent's JSON for the model, or None while it cannot answer (down, restarting, 5xx)."""
+def _ask(client: httpx.Client, endpoint: str, spec: ModelSpec, base: str) -> ModelView | None:
+    """The agent's view of the model, or None while it cannot answer (down, restarting, 5xx, or
+    an answer that is not a model's view)."""
     try:
         r = client.get(endpoint)
     except httpx.HTTPError:
@@ -119,42 +120,47 @@ def _ask(client: httpx.Client, endpoint: str, spec: ModelSpec, base: str) -> dic
     if r.status_code != 200:
         return None
     try:
-        view = r.json()
+        data = r.json()
     except ValueError:
         return None
-    return view if isinstance(view, dict) else None
+    if not isinstance(data, dict):
+        return None
+    try:
+        return ModelView.from_dict(data)
+    except ViewError:
+        return None
 
 
-def _check_match(view: dict[str, Any], spec: ModelSpec, any_revision: bool, base: str) -> None:
+def _check_match(view: ModelView, spec: ModelSpec, any_revision: bool, base: str) -> None:
     """Raise NotFoundError when the agent keeps this model in another layout or revision.
 
     A commit asked for matches while the agent does not know its configured revision's commit
     yet (it may resolve to it); only a different known commit is a mismatch.
     """
-    if view.get("layout") != spec.layout.value:
+    if view.layout is not spec.layout:
         raise NotFoundError(
-            f"the agent at {base} keeps {spec.repo} in the {view.get('layout')} layout, "
-            f"not {spec.layout.value}; pass --layout {view.get('layout')}"
+            f"the agent at {base} keeps {spec.repo} in the {view.layout.value} layout, "
+            f"not {spec.layout.value}; pass --layout {view.layout.value}"
         )
-    if any_revision or spec.revision == view.get("revision"):
+    if any_revision or spec.revision == view.revision:
         return
-    commit = view.get("commit")
+    commit = view.commit
     if COMMIT_RE.match(spec.revision) and commit in (None, spec.revision):
         return
     known = f" (commit {commit})" if commit else ""
     raise NotFoundError(
-        f"the agent at {base} is configured for {spec.repo}@{view.get('revision')}{known}, "
+        f"the agent at {base} is configured for {spec.repo}@{view.revision}{known}, "
         f"not revision {spec.revision}"
     )
 
 
-def _describe(view: dict[str, Any]) -> str:
-    state = str(view.get("state"))
-    done, total = view.get("bytes_done") or 0, view.get("bytes_total") or 0
+def _describe(view: ModelView) -> str:
+    state = view.state.value
+    done, total = view.bytes_done or 0, view.bytes_total or 0
     if not total:
         return state
     text = f"{state} {done * 100 / total:.1f}% ({fmt_bytes(done)} of {fmt_bytes(total)})"
-    rate, eta = view.get("rate_bytes_per_second") or 0, view.get("eta_seconds")
+    rate, eta = view.rate_bytes_per_second, view.eta_seconds
     if rate:
         text += f" at {rate / 1e6:.1f} MB/s"
     if eta is not None:
