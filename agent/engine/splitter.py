@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from agent.engine.job import Job
 from agent.engine.progress import Progress
@@ -37,14 +38,17 @@ class Splitter:
     first round that does not help ends the splitting for this transfer.
     """
 
-    def __init__(self, max_workers: int, progress: Progress) -> None:
+    def __init__(
+        self, max_workers: int, progress: Progress, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max = max_workers
         self.progress = progress
+        self._clock = clock  # a test's own clock: the decisions depend only on rates over time
         self.growing = True
         self._reset()
 
     def _reset(self) -> None:
-        self.mark = (time.monotonic(), self.progress.fetched)
+        self.mark = (self._clock(), self.progress.fetched)
         self.warm = False  # the first tick after a reset covers connection set-up: not a rate
         self.last_rate: float | None = None
 
@@ -55,7 +59,7 @@ class Splitter:
         if running >= self.max:
             self._reset()  # every worker is busy: measure afresh once one frees up
             return []
-        now, fetched = time.monotonic(), self.progress.fetched
+        now, fetched = self._clock(), self.progress.fetched
         elapsed = now - self.mark[0]
         if elapsed < SPLIT_TICK:
             return []
