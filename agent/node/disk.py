@@ -14,6 +14,7 @@ from agent.node.config import AgentConfig
 from agent.ops import gc
 from agent.spec import ModelSpec
 from agent.store import usage
+from agent.store.space import disk_usage
 
 GC_CHECK_INTERVAL = 30.0
 USE_RECORD_EVERY = 10.0  # a waiter asks every second; its use need not be recorded that often
@@ -42,7 +43,7 @@ class Disk:
 
     def tick(self, now: float) -> None:
         """Show disk usage; every GC_CHECK_INTERVAL, above the high watermark, start a GC pass."""
-        free, total = gc.disk_usage(self._dest)
+        free, total = disk_usage(self._dest)
         metrics.DISK_FREE_BYTES.set(free)
         metrics.DISK_TOTAL_BYTES.set(total)
         if now < self._next_check or not total:
@@ -62,7 +63,7 @@ class Disk:
         """Evict down to the low watermark, or until `free_wanted` bytes are free (-1: all that may
         go), sparing configured and pinned models; stops between evictions once the agent stops."""
         config = self._config()
-        total = gc.disk_usage(self._dest)[1]
+        total = disk_usage(self._dest)[1]
         target = int(total * (100 - config.gc.low_watermark_percent) / 100)
         target = total + 1 if free_wanted < 0 else max(target, free_wanted)
         with self._lock:
