@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -88,6 +89,36 @@ def base_env(tmp_path: Path, extra: Mapping[str, str] | None = None) -> dict[str
     )
     env.update(extra or {})
     return env
+
+
+# A test's files of this size or more are deleted after it, passed or failed (prune_big_files).
+BIG_FILE = 16 << 20
+
+
+def prune_big(root: Path, threshold: int = BIG_FILE) -> int:
+    """Delete regular files under `root` of `threshold` bytes or more (apparent or allocated); bytes freed.
+
+    Symlinks are not followed; unreadable directories and vanished files are passed over.
+    """
+    freed = 0
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            try:
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and max(st.st_size, st.st_blocks * 512) >= threshold:
+                    os.unlink(path)
+                    freed += st.st_blocks * 512
+            except OSError:
+                continue
+    return freed
+
+
+@pytest.fixture
+def prune_big_files(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path, with its big files deleted after the test even when it fails (logs, journals stay)."""
+    yield tmp_path
+    prune_big(tmp_path)
 
 
 RunPreload = Callable[..., Run]

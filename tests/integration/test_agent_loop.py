@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from agent.devhub import HubServer
 from agent.errors import ExitCode
@@ -17,6 +18,7 @@ LOCAL = "local/sparse"
 SECOND = "test-org/second"
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_ready_model_stays_ready_while_it_is_rechecked(
     tmp_path: Path, hub: HubServer, agents: list[AgentProc]
 ) -> None:
@@ -41,6 +43,7 @@ def test_ready_model_stays_ready_while_it_is_rechecked(
     assert len(verified) >= 2 and not any(e.get("event") == "model_damaged" for e in agent.events())
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_sigterm_during_a_long_verification_exits_zero_quickly(
     tmp_path: Path, hub: HubServer, agents: list[AgentProc]
 ) -> None:

@@ -224,6 +224,7 @@ def test_unreadable_source_file_is_a_clear_error(
     assert with_hub.returncode == 0, with_hub.stderr
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_killed_copy_resumes_without_recopying(tmp_path: Path, run_preload: RunPreload) -> None:
     """kill -9 in the middle of a 1 GiB copy leaves no marker; the rerun copies only the rest."""
     size = 1 << 30

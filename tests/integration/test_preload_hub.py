@@ -473,6 +473,7 @@ def test_names_of_the_maximum_length_are_published(
     assert (path / long_a).read_bytes() == (path / long_b).read_bytes() == b"same"
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_killed_preload_resumes_without_refetching(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:
@@ -502,6 +503,7 @@ def test_killed_preload_resumes_without_refetching(
     assert (model_dir(dest, "big-org/big-model") / "model.safetensors").stat().st_size == blob.size
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_concurrent_preloaders_transfer_once(hub_factory: HubFactory, tmp_path: Path) -> None:
     """Several preload processes for one model: exactly one transfers, all exit 0."""
     repo = big_repo(tmp_path, mib=16)
@@ -525,6 +527,7 @@ def test_concurrent_preloaders_transfer_once(hub_factory: HubFactory, tmp_path: 
     assert all("waiting_for_lock" in err for _, err in results[3:])
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_disk_too_small_fails_before_writing(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:
@@ -541,6 +544,7 @@ def test_disk_too_small_fails_before_writing(
         assert list(mnt.iterdir()) == [], "nothing written, not even DIR"
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_disk_filling_up_mid_transfer_is_clean_and_resumable(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:
@@ -577,6 +581,7 @@ def test_disk_filling_up_mid_transfer_is_clean_and_resumable(
             assert (dest / "big-org" / "two-shards" / f.path).stat().st_size == 24 << 20
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_long_transfer_logs_progress_lines(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:
@@ -609,6 +614,7 @@ def test_read_only_destination_is_a_usage_error(
         assert hub.requests() == []
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_capped_streams_get_more_connections_and_each_byte_once(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:
@@ -629,6 +635,7 @@ def test_capped_streams_get_more_connections_and_each_byte_once(
     assert starts[0] == 0 and len(set(starts)) == len(starts)
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_split_file_is_hashed_without_reading_the_disk(hub_factory: HubFactory, tmp_path: Path) -> None:
     """Helpers' chunks are hashed from the page cache behind them, never re-read from the disk."""
     repo = big_repo(tmp_path, mib=64)
@@ -674,6 +681,7 @@ def test_readiness_covers_the_requested_files(
     assert marker(dest).skipped == ()
 
 
+@pytest.mark.usefixtures("prune_big_files")
 def test_space_check_counts_only_bytes_not_already_published(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload
 ) -> None:

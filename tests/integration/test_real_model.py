@@ -54,6 +54,7 @@ def minilm_repo() -> HubRepo:
 
 
 @pytest.mark.parametrize("layout", ["dir", "hf-cache"])
+@pytest.mark.usefixtures("prune_big_files")
 def test_minilm_preloads_and_loads_offline_with_real_consumers(
     hub_factory: HubFactory, tmp_path: Path, run_preload: RunPreload, hf_client: Path, layout: str
 ) -> None:
