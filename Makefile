@@ -58,5 +58,10 @@ bench: $(VENV)/.installed-test
 reliability: $(VENV)/.installed-test tools
 	$(BIN)/python tests/reliability/run.py --trials 20
 
+# Everything the build, the tools and the tests leave in the checkout; docker/wheelhouse/ keeps
+# its tracked .gitignore. (Outside it, pytest keeps only the last run's failed tests' tmp_path.)
 clean:
-	rm -rf $(VENV) demo-cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools demo-cache build dist bench/work *.egg-info \
+		.mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache
+	find docker/wheelhouse -mindepth 1 -maxdepth 1 ! -name .gitignore -exec rm -rf {} +
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
