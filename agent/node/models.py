@@ -105,8 +105,8 @@ class Job:
 
 @dataclass
 class Entry:
-    """What the agent knows about one configured model. `state` and the fields after it up to
-    `verified_at` change only in `ModelTable.transition`."""
+    """What the agent knows about one configured model. `state`, `job` and the fields between
+    change only in `ModelTable.transition` (`verified_at` also when a check is interrupted)."""
 
     model: ModelConfig
     state: ModelState = ModelState.PENDING
