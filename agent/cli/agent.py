@@ -19,7 +19,7 @@ from agent.cli.options import CONTEXT, check_endpoint, check_token_file, dest_op
     required=True,
     help="Agent config YAML (e.g. a mounted ConfigMap); reloaded when it changes.",
 )
-@dest_option("Node cache directory (e.g. the hostPath /data/models).", file_okay=False, required=True)
+@dest_option("Node cache directory (e.g. the hostPath /data/models).", required=True)
 @opt("--listen", env="PRELOAD_LISTEN", default="0.0.0.0:8080", help="HTTP API address, HOST:PORT.")
 @opt(
     "--max-concurrent",

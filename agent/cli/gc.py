@@ -6,18 +6,18 @@ from pathlib import Path
 
 import click
 
-from agent.cli.options import CONTEXT, ByteSize, dest_option, opt
+from agent.cli.options import CONTEXT, ByteSize, Percent, dest_option, opt
 
 
 @click.command("gc", context_settings=CONTEXT)
-@dest_option("Node cache directory to clean.", file_okay=False, exists=True, required=True)
+@dest_option("Node cache directory to clean.", must_exist=True, required=True)
 @opt(
     "--keep-free",
     env="PRELOAD_KEEP_FREE",
-    type=click.FloatRange(0, 100),
+    type=Percent(),
     default=None,
     show_default="none; give this or --keep-free-bytes",
-    help="Evict until this percent of the filesystem is free.",
+    help="Evict until this percentage of the filesystem is free: 0 to 100, e.g. 20 or 20%.",
 )
 @opt(
     "--keep-free-bytes",
@@ -25,7 +25,7 @@ from agent.cli.options import CONTEXT, ByteSize, dest_option, opt
     type=ByteSize(),
     default=None,
     show_default="none; give this or --keep-free",
-    help="Evict until this many bytes are free (e.g. 200GiB).",
+    help="Evict until this much is free: bytes or a size such as 200GiB, 1.5TiB, 500G, 1TB.",
 )
 @opt(
     "--keep",
@@ -34,11 +34,19 @@ from agent.cli.options import CONTEXT, ByteSize, dest_option, opt
     show_default="none",
     help="Never evict this model ORG/NAME (repeatable); its superseded revisions may go.",
 )
-@opt("--dry-run", env="PRELOAD_DRY_RUN", is_flag=True, help="Only report what would be removed.")
+@opt(
+    "--dry-run",
+    env="PRELOAD_DRY_RUN",
+    is_flag=True,
+    help="Only report what would be removed (exit 0 even when the target stays out of reach).",
+)
 def gc_command(
     dest: Path, keep_free: float | None, keep_free_bytes: int | None, keep: tuple[str, ...], dry_run: bool
 ) -> None:
-    """Free disk space: unused models least recently used first, then superseded revisions."""
+    """Free disk space: unused models least recently used first, then superseded revisions.
+
+    Exits 5 when the target is still out of reach after removing all it may (models in use or kept).
+    """
     from agent.errors import DiskSpaceError
     from agent.ops import gc
     from agent.spec import validate_repo_id

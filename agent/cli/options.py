@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
 
 from agent.errors import UsageError
 from agent.spec import DEFAULT_ENDPOINT, Layout, parse_duration
+from agent.units import parse_percent, parse_size
 
 if TYPE_CHECKING:
     from agent.sources.base import Source, SourceFactory
 
 ENDPOINT_ENV = ("PRELOAD_ENDPOINT", "HF_ENDPOINT")  # the first one set wins
+# The root's options that a subcommand takes from before its name, beyond those it has itself (those
+# are applied to it): --log-format for all; the agent's preloads take the transfer options.
+TRANSFER_OPTIONS = (
+    "endpoint",
+    "token_file",
+    "max_workers",
+    "chunk_size",
+    "read_timeout",
+    "drop_cache",
+    "progress_interval",
+)
+ROOT_OPTIONS_FOR = {"agent": TRANSFER_OPTIONS}
+GLOBAL_ROOT_OPTIONS = ("log_format",)
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 
 
@@ -35,19 +50,10 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
-    """A size such as 1048576, 64MiB, 1GiB; "auto" (where allowed) is 0."""
+    """A size as people type it (agent.units.parse_size): 1048576, 64MiB, 1.5GiB, 500G, 1TB; "auto"
+    (where allowed) is 0."""
 
     name = "size"
-    _units: ClassVar[dict[str, int]] = {
-        "": 1,
-        "b": 1,
-        "k": 1 << 10,
-        "kib": 1 << 10,
-        "m": 1 << 20,
-        "mib": 1 << 20,
-        "g": 1 << 30,
-        "gib": 1 << 30,
-    }
 
     def __init__(self, auto: bool = False) -> None:
         self.auto = auto
@@ -55,28 +61,91 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        text = str(value).strip().lower()
-        if self.auto and text == "auto":
+        if self.auto and str(value).strip().lower() == "auto":
             return 0
-        num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = text[len(num) :]
-        if not num.isdigit() or unit not in self._units:
-            self.fail(f"invalid size {value!r}: use e.g. 32MiB, 1GiB", param, ctx)
-        return int(num) * self._units[unit]
+        try:
+            return parse_size(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Percent(click.ParamType):  # type: ignore[type-arg]
+    """A percentage from 0 to 100, with or without the sign: 20 or 20% (agent.units.parse_percent)."""
+
+    name = "percent"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float | int):
+            return float(value)
+        try:
+            return parse_percent(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class CacheDir(click.ParamType):  # type: ignore[type-arg]
+    """A cache directory: refused, one way for every command, when it exists and is not a directory
+    (or, with `must_exist`, when it does not exist)."""
+
+    name = "directory"
+
+    def __init__(self, must_exist: bool = False) -> None:
+        self.must_exist = must_exist
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            self.fail(f"{path} exists and is not a directory", param, ctx)
+        if self.must_exist and not path.exists():
+            self.fail(f"{path} does not exist", param, ctx)
+        return path
+
+
+class PreloadOption(click.Option):
+    """A click option whose default reads one way in --help (no parentheses around described
+    defaults) and whose environment twin may have hidden former names, still read."""
+
+    def __init__(self, *args: Any, legacy_env: Sequence[str] = (), **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.legacy_env = tuple(legacy_env)
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str):
+            extra["default"] = self.show_default
+        return extra
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        """The option's name only: click would name the env twin even when it was not used."""
+        return " / ".join(f"'{name}'" for name in self.opts)
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        value = super().resolve_envvar_value(ctx)
+        for name in self.legacy_env:
+            if value is not None:
+                break
+            value = os.environ.get(name) or None
+        return value
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def opt(*names: str, env: str | Sequence[str], **kw: Any) -> Callable[[F], F]:
-    """A click option that always has an environment twin and a default, both shown in --help."""
+    """A click option that always has an environment twin and a default, both shown in --help.
+
+    Twins are named PRELOAD_<OPTION> (upper case, dashes as underscores) for every command but
+    `demo`, whose options read PRELOAD_DEMO_<OPTION>; `legacy_env=` keeps former names working.
+    """
     if "show_default" not in kw:
         if kw.get("is_flag"):
             kw["show_default"] = "off"
         elif kw.get("default") is None and not kw.get("required"):
             kw["show_default"] = "none"
     envvar = env if isinstance(env, str) else list(env)
-    decorator: Callable[[F], F] = click.option(*names, envvar=envvar, show_envvar=True, **kw)
+    decorator: Callable[[F], F] = click.option(
+        *names, cls=PreloadOption, envvar=envvar, show_envvar=True, **kw
+    )
     return decorator
 
 
@@ -88,10 +157,12 @@ def model_option(help: str, **kw: Any) -> Callable[[F], F]:
     return opt("--model", env="PRELOAD_MODEL", help=help, **kw)
 
 
-def dest_option(help: str, *, file_okay: bool = True, exists: bool = False, **kw: Any) -> Callable[[F], F]:
-    """--dest DIR, the cache directory (PRELOAD_DEST)."""
-    path = click.Path(path_type=Path, file_okay=file_okay, exists=exists)
-    return opt("--dest", env="PRELOAD_DEST", type=path, help=help, **kw)
+def dest_option(
+    help: str, *, must_exist: bool = False, env: str = "PRELOAD_DEST", **kw: Any
+) -> Callable[[F], F]:
+    """--dest DIR, the cache directory (PRELOAD_DEST): every command refuses, with the same message
+    and exit 2, a --dest that exists and is not a directory."""
+    return opt("--dest", env=env, type=CacheDir(must_exist), help=help, **kw)
 
 
 def revision_option(help: str, show_default: str) -> Callable[[F], F]:
@@ -99,11 +170,11 @@ def revision_option(help: str, show_default: str) -> Callable[[F], F]:
     return opt("--revision", env="PRELOAD_REVISION", default=None, show_default=show_default, help=help)
 
 
-def layout_option(help: str) -> Callable[[F], F]:
+def layout_option(help: str, env: str = "PRELOAD_LAYOUT") -> Callable[[F], F]:
     """--layout dir|hf-cache (PRELOAD_LAYOUT), dir by default."""
     return opt(
         "--layout",
-        env="PRELOAD_LAYOUT",
+        env=env,
         type=click.Choice([layout.value for layout in Layout]),
         default=Layout.DIR.value,
         help=help,
@@ -125,7 +196,7 @@ timeout_option = opt(
     env="PRELOAD_TIMEOUT",
     type=Duration(),
     default="0",
-    help="Give up after this long (0 = never).",
+    help="Give up after this long, a duration such as 90, 30s, 5m, 1h30m (0 = never).",
 )
 endpoint_option = opt(
     "--endpoint",

@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from agent import __version__, log
 from agent.cli.options import (
     CONTEXT,
+    GLOBAL_ROOT_OPTIONS,
+    ROOT_OPTIONS_FOR,
     ByteSize,
     Duration,
     check_endpoint,
@@ -27,13 +30,63 @@ from agent.cli.options import (
     timeout_option,
     token_file_option,
 )
-from agent.errors import UsageError
 from agent.spec import FileFilter, Layout, ModelSpec, parse_model
 
 REQUIRED_AT_ROOT = "none; required without a subcommand"
 
 
-@click.group(invoke_without_command=True, context_settings=CONTEXT)
+class PreloadGroup(click.Group):
+    """The root group: options given before a subcommand apply to it or are a usage error.
+
+    A root option given on the command line (its environment twin does not count: a pod sets
+    PRELOAD_DEST for every container) is passed on to a subcommand that has an option of that name
+    (`preload --dest D status` is `preload status --dest D`); --log-format applies to every command,
+    and the agent takes the transfer options from here (ROOT_OPTIONS_FOR). Any other is refused
+    rather than silently dropped.
+    """
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name is None or cmd is None or ctx.resilient_parsing:
+            return name, cmd, rest
+        return name, cmd, [*_passed_on(self, ctx, name, cmd, rest), *rest]
+
+
+def _passed_on(
+    group: click.Group, ctx: click.Context, name: str, cmd: click.Command, rest: list[str]
+) -> list[str]:
+    """The root's command-line options, as arguments of subcommand `name` (or a usage error)."""
+    taken = {*GLOBAL_ROOT_OPTIONS, *ROOT_OPTIONS_FOR.get(name, ())}
+    own = {p.name: p for p in cmd.params if isinstance(p, click.Option)}
+    args: list[str] = []
+    for param in group.params:
+        if not isinstance(param, click.Option) or param.name is None or param.name in taken:
+            continue
+        if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        flag, target = param.opts[0], own.get(param.name)
+        if target is None:
+            raise click.UsageError(
+                f"{flag} before '{name}' is not an option of 'preload {name}': it belongs to a plain "
+                f"preload (no subcommand); see 'preload {name} --help'",
+                ctx,
+            )
+        spelled = target.opts[0]
+        if any(a == spelled or a.startswith(spelled + "=") for a in rest):
+            raise click.UsageError(
+                f"{flag} is given both before and after '{name}': give it once, after '{name}'", ctx
+            )
+        value = ctx.params[param.name]
+        if target.is_flag:
+            args += [spelled] if value else []
+        else:
+            args += [a for v in (value if target.multiple else (value,)) for a in (spelled, str(v))]
+    return args
+
+
+@click.group(cls=PreloadGroup, invoke_without_command=True, context_settings=CONTEXT)
 @model_option("Model to preload: ORG/NAME[@REVISION].", show_default=REQUIRED_AT_ROOT)
 @dest_option("Cache directory (e.g. /data/models).", show_default=REQUIRED_AT_ROOT)
 @revision_option("Branch, tag or 40-hex commit.", show_default="main")
@@ -65,8 +118,9 @@ REQUIRED_AT_ROOT = "none; required without a subcommand"
     env="PRELOAD_CHUNK_SIZE",
     type=ByteSize(auto=True),
     default="auto",
-    help="Range size for splitting large files; auto spreads --max-workers connections over the files "
-    "by size (a file gets one stream when there are more files than connections).",
+    help="Range size for splitting large files, e.g. 64MiB or 100MB; auto spreads --max-workers "
+    "connections over the files by size (a file gets one stream when there are more files than "
+    "connections).",
 )
 @timeout_option
 @opt(
@@ -74,7 +128,7 @@ REQUIRED_AT_ROOT = "none; required without a subcommand"
     env="PRELOAD_READ_TIMEOUT",
     type=Duration(),
     default="30s",
-    help="A stall this long counts as a failed read.",
+    help="A stall this long (a duration: 30s, 2m) counts as a failed read.",
 )
 @opt(
     "--refresh",
@@ -94,7 +148,7 @@ REQUIRED_AT_ROOT = "none; required without a subcommand"
     env="PRELOAD_PROGRESS_INTERVAL",
     type=Duration(),
     default="5s",
-    help="Seconds between progress lines.",
+    help="Time between progress lines, a duration such as 5s, 1m or 90 (seconds).",
 )
 @log_format_option
 @click.version_option(__version__, prog_name="preload")
@@ -126,9 +180,7 @@ def run_preload(**kw: Any) -> None:
         layout=Layout(kw["layout"]),
         files=FileFilter(tuple(kw["include"]), tuple(kw["exclude"]), kw["all_files"]),
     )
-    dest: Path = kw["dest"]
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"--dest {dest} exists and is not a directory")
+    dest: Path = kw["dest"]  # CacheDir refused one that is not a directory
     endpoint = check_endpoint(kw["endpoint"])
     token_file = check_token_file(kw["token_file"])
     opts = PreloadOptions(

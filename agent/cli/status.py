@@ -11,7 +11,14 @@ from agent.cli.options import CONTEXT, dest_option, opt
 
 @click.command("status", context_settings=CONTEXT)
 @dest_option("Cache directory.", required=True)
-@opt("--json", "as_json", env="PRELOAD_STATUS_JSON", is_flag=True, help="Print JSON instead of a table.")
+@opt(
+    "--json",
+    "as_json",
+    env="PRELOAD_JSON",
+    legacy_env=("PRELOAD_STATUS_JSON",),
+    is_flag=True,
+    help="Print JSON instead of a table.",
+)
 def status_command(dest: Path, as_json: bool) -> None:
     """List every model under DEST (both layouts) with revision, size, state and last verification."""
     import json

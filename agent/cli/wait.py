@@ -25,7 +25,6 @@ ONE_MODE = "none; give --dest or --agent"
 @model_option("Model to wait for: ORG/NAME[@REVISION].", required=True)
 @dest_option(
     "Node cache mounted in this pod: watch it directly, no network needed.",
-    file_okay=False,
     default=None,
     show_default=ONE_MODE,
 )

@@ -24,7 +24,7 @@ from agent.errors import DeadlineExceeded, NotFoundError, PreloadError, UsageErr
 from agent.manifest import Manifest
 from agent.modelview import ModelState, ModelView, ViewError
 from agent.ops.watch import PathWatch
-from agent.spec import COMMIT_RE, ModelSpec
+from agent.spec import COMMIT_RE, Layout, ModelSpec
 from agent.store import Store, usage
 from agent.units import fmt_bytes
 
@@ -54,7 +54,10 @@ def wait_dest(spec: ModelSpec, dest: Path, timeout: float, any_revision: bool) -
                 return m
             now = time.monotonic()
             if now >= deadline:
-                raise DeadlineExceeded(f"timed out after {timeout:g}s waiting for {spec.repo} under {dest}")
+                raise DeadlineExceeded(
+                    f"timed out after {timeout:g}s waiting for {spec.repo} under {dest}: "
+                    + _why_not_ready(store, spec, any_revision)
+                )
             if now >= next_report:
                 next_report = now + REPORT_EVERY
                 logger.info(
@@ -65,6 +68,24 @@ def wait_dest(spec: ModelSpec, dest: Path, timeout: float, any_revision: bool) -
                 )
             wake = min(now + FULL_CHECK_EVERY, next_report, deadline)
             watch.wait(max(0.0, wake - time.monotonic()))
+
+
+def _why_not_ready(store: Store, spec: ModelSpec, any_revision: bool) -> str:
+    """Why `spec` is not ready under `store`, as `verify` says it: no marker, another revision
+    published, or the model published in the other layout only."""
+    m = store.read_marker(spec)
+    if m is None:
+        other = Layout.HF_CACHE if spec.layout is Layout.DIR else Layout.DIR
+        if store.read_marker(replace(spec, layout=other)) is not None:
+            return (
+                f"it is published in the {other.value} layout, not {spec.layout.value} "
+                f"(pass --layout {other.value})"
+            )
+        busy = " (a transfer holds the lock)" if store.busy(spec) else ""
+        return f"no valid completion marker{busy}"
+    if not any_revision and spec.revision not in (m.revision, m.commit):
+        return f"published revision is {m.revision} ({m.commit[:12]}), not {spec.revision}"
+    return f"the published copy of {m.commit[:12]} is incomplete (files missing or the wrong size)"
 
 
 def _ready(store: Store, spec: ModelSpec, any_revision: bool) -> Manifest | None:

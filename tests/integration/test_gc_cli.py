@@ -22,8 +22,9 @@ def test_gc_evicts_unkept_lru_first_and_spares_kept_and_locked(
     env = {"HF_ENDPOINT": hub.url}
     for repo in ("a/old", "a/busy", DEMO):
         assert run_preload("--model", repo, "--dest", str(dest), env=env).code == 0
-    dry = run_preload("gc", "--dest", str(dest), "--keep-free", "100", "--keep", DEMO, "--dry-run")
-    assert dry.code == 0, dry.stderr
+    dry = run_preload("gc", "--dest", str(dest), "--keep-free", "100%", "--keep", DEMO, "--dry-run")
+    assert dry.code == 0, dry.stderr  # a dry run removes nothing: it reports, and exits 0
+    assert dry.stdout.splitlines()[-1].endswith("(still short)")
     assert [line.split(":")[0] for line in dry.stdout.splitlines()[:2]] == [
         "would remove model a/old (dir)",
         "would remove model a/busy (dir)",
@@ -60,3 +61,17 @@ def test_gc_needs_exactly_one_target(tmp_path: Path, run_preload: RunPreload) ->
         run_preload("gc", "--dest", str(tmp_path), "--keep-free", "10", "--keep", "bad").code
         == ExitCode.USAGE
     )
+
+
+def test_gc_takes_sizes_and_percentages_as_people_type_them(
+    tmp_path: Path, hub_factory: HubFactory, run_preload: RunPreload
+) -> None:
+    """--keep-free 20% and --keep-free-bytes 1.5GiB / 1TB / 1T are accepted; gc prints binary units."""
+    hub = hub_factory([demo_repo()])
+    dest = tmp_path / "cache"
+    assert run_preload("--model", DEMO, "--dest", str(dest), env={"HF_ENDPOINT": hub.url}).code == 0
+    pct = run_preload("gc", "--dest", str(dest), "--keep-free", "0%")
+    assert pct.code == 0 and "target 0 B" in pct.stdout, pct.stdout + pct.stderr
+    for size, shown in (("1.5GiB", "1.5 GiB"), ("1TB", "931.3 GiB"), ("1T", "1.0 TiB")):
+        run = run_preload("gc", "--dest", str(dest), "--keep-free-bytes", size, "--dry-run")
+        assert run.code == 0 and f"target {shown}" in run.stdout, run.stdout + run.stderr

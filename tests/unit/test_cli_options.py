@@ -10,6 +10,7 @@ import pytest
 
 from agent import log
 from agent.cli import check_endpoint, cli, main
+from agent.cli.options import Duration
 from agent.errors import ExitCode, UsageError
 
 
@@ -33,7 +34,171 @@ def test_every_option_has_help_default_and_env_twin(name: str, command: click.Co
             problems.append(f"{param.opts[0]}: help or env var missing: {text!r}")
         elif "default:" not in text and "required" not in text:
             problems.append(f"{param.opts[0]}: no default shown: {text!r}")
+        elif "default: (" in text:
+            problems.append(f"{param.opts[0]}: default shown in parentheses, unlike the others: {text!r}")
+        if isinstance(param.type, Duration) and "duration" not in (param.help or ""):
+            problems.append(f"{param.opts[0]}: takes a duration but its help does not say so")
     assert not problems, problems
+
+
+@pytest.mark.parametrize(("name", "command"), commands(), ids=[name for name, _ in commands()])
+def test_env_twins_follow_one_rule(name: str, command: click.Command) -> None:
+    """PRELOAD_<OPTION> for every command, PRELOAD_DEMO_<OPTION> for the demo (never PRELOAD_DEST)."""
+    prefix = "PRELOAD_DEMO_" if name == "preload demo" else "PRELOAD_"
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.is_eager:
+            continue
+        envvar = param.envvar if isinstance(param.envvar, str) else param.envvar[0]
+        assert envvar == prefix + param.opts[0].removeprefix("--").replace("-", "_").upper()
+
+
+def test_former_env_names_still_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """PRELOAD_VERIFY_DEEP/_JSON and PRELOAD_STATUS_JSON are still read, the new names first."""
+    monkeypatch.setenv("PRELOAD_VERIFY_DEEP", "1")
+    monkeypatch.setenv("PRELOAD_STATUS_JSON", "true")
+    verify = cli.commands["verify"].make_context("verify", ["--model", "a/b", "--dest", str(tmp_path)])
+    assert verify.params["deep"] is True and verify.params["as_json"] is False
+    status = cli.commands["status"].make_context("status", ["--dest", str(tmp_path)])
+    assert status.params["as_json"] is True
+    monkeypatch.setenv("PRELOAD_DEEP", "0")
+    verify = cli.commands["verify"].make_context("verify", ["--model", "a/b", "--dest", str(tmp_path)])
+    assert verify.params["deep"] is False
+
+
+def _exit(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(log, "configure", lambda _format: None)  # keep logging off capsys' stream
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    return int(exited.value.code or 0)
+
+
+def test_root_options_before_a_subcommand_apply_to_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`preload --dest D status` is `preload status --dest D`; a bad root endpoint fails verify (2)."""
+    assert _exit(["--dest", str(tmp_path), "status", "--json"], monkeypatch) == 0
+    assert capsys.readouterr().out.strip() == "[]"
+    bad = ["--endpoint", "ftp://bad", "verify", "--model", "a/b", "--dest", str(tmp_path)]
+    assert _exit(bad, monkeypatch) == ExitCode.USAGE
+    group = cli.make_context(
+        "preload", ["--endpoint", "http://m:1", "--source", "/s", "--max-workers", "3", "x"]
+    )
+    assert isinstance(cli, click.Group)
+    _, _, args = cli.resolve_command(group, ["verify", "--model", "a/b"])
+    assert args == ["--source", "/s", "--endpoint", "http://m:1", "--max-workers", "3", "--model", "a/b"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--model", "a/b", "gc", "--keep-free", "1"], "--model"),
+        (["--timeout", "5s", "status"], "--timeout"),
+        (["--include", "*.json", "verify", "--model", "a/b"], "--include"),
+        (["--endpoint", "http://a", "verify", "--model", "a/b", "--endpoint", "http://b"], "--endpoint"),
+    ],
+)
+def test_root_options_a_subcommand_cannot_take_are_usage_errors(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    argv: list[str],
+    named: str,
+) -> None:
+    """Never silently dropped: exit 2 and an error line that names the option and the subcommand."""
+    assert _exit([*argv, "--dest", str(tmp_path)], monkeypatch) == ExitCode.USAGE
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and named in err[0] and "'" in err[0], err
+
+
+def test_env_twins_of_root_options_are_not_errors_before_a_subcommand(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A pod sets PRELOAD_MODEL/PRELOAD_TIMEOUT/... for every container: `status` still runs."""
+    for name, value in {"PRELOAD_MODEL": "a/b", "PRELOAD_TIMEOUT": "5s", "PRELOAD_INCLUDE": "*"}.items():
+        monkeypatch.setenv(name, value)
+    assert _exit(["status", "--dest", str(tmp_path), "--json"], monkeypatch) == 0
+
+
+def test_the_agent_takes_the_transfer_options_from_the_root() -> None:
+    """Documented: the agent's preloads use the root's --endpoint, --max-workers, ... (not passed on)."""
+    argv = ["--endpoint", "http://m:1", "--max-workers", "3", "--chunk-size", "1GB", "--drop-cache", "x"]
+    group = cli.make_context("preload", argv)
+    assert isinstance(cli, click.Group)
+    _, _, args = cli.resolve_command(group, ["agent", "--config", "c.yaml"])
+    assert args == ["--config", "c.yaml"] and group.params["chunk_size"] == 10**9
+
+
+COMMAND_ARGS = {
+    "": [],
+    "verify": ["--model", "a/b"],
+    "status": [],
+    "wait": ["--model", "a/b"],
+    "gc": ["--keep-free", "1"],
+    "agent": ["--config", "c.yaml"],
+    "demo": [],
+}
+
+
+@pytest.mark.parametrize("command", COMMAND_ARGS, ids=[c or "preload" for c in COMMAND_ARGS])
+def test_every_command_refuses_a_dest_that_is_a_file_the_same_way(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    """Exit 2 and one message for all (verify used to say "no marker" with exit 8)."""
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    argv = [*([command] if command else []), *COMMAND_ARGS[command], "--dest", str(afile)]
+    if not command:
+        argv += ["--model", "a/b"]
+    assert _exit(argv, monkeypatch) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"Error: Invalid value for '--dest': {afile} exists and is not a directory" in err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("1TiB", 1 << 40),
+        ("1GB", 10**9),
+        ("1.5GiB", 3 << 29),
+        ("1T", 1 << 40),
+        ("200Gi", 200 << 30),
+        ("42", 42),
+    ],
+)
+def test_sizes_are_read_as_people_type_them(tmp_path: Path, text: str, want: int) -> None:
+    """gc --keep-free-bytes and --chunk-size take decimal and binary units (agent.units.parse_size)."""
+    gc = cli.commands["gc"].make_context("gc", ["--dest", str(tmp_path), "--keep-free-bytes", text])
+    assert gc.params["keep_free_bytes"] == want
+    root = cli.make_context("preload", ["--chunk-size", text, "x"])
+    assert root.params["chunk_size"] == want
+
+
+@pytest.mark.parametrize(("text", "want"), [("20%", 20.0), ("20", 20.0), ("0.5 %", 0.5), ("100%", 100.0)])
+def test_keep_free_takes_a_percentage(tmp_path: Path, text: str, want: float) -> None:
+    """gc --keep-free 20% (was: "not a valid float range"); its help says it is a percentage."""
+    gc = cli.commands["gc"].make_context("gc", ["--dest", str(tmp_path), "--keep-free", text])
+    assert gc.params["keep_free"] == want
+    option = next(p for p in cli.commands["gc"].params if p.name == "keep_free")
+    assert "percentage" in (option.help or "")
+
+
+@pytest.mark.parametrize(("option", "text"), [("--keep-free", "120%"), ("--keep-free-bytes", "1XB")])
+def test_bad_sizes_and_percentages_are_one_line_usage_errors(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    option: str,
+    text: str,
+) -> None:
+    """Exit 2, with the value and an example in the error line."""
+    assert _exit(["gc", "--dest", str(tmp_path), option, text], monkeypatch) == ExitCode.USAGE
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and text in err[0] and "e.g." in err[0], err
+
+
+def test_chunk_size_keeps_auto() -> None:
+    """auto stays the default and is accepted as typed."""
+    assert cli.make_context("preload", ["--chunk-size", "AUTO", "x"]).params["chunk_size"] == 0
 
 
 def test_repeatable_options_take_whitespace_separated_env_lists(monkeypatch: pytest.MonkeyPatch) -> None:
