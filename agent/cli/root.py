@@ -156,7 +156,9 @@ def _passed_on(
 def cli(ctx: click.Context, /, **kw: Any) -> None:
     """Preload a model onto this node's cache, verified and atomically published.
 
-    Without a subcommand: preload --model ORG/NAME --dest DIR.
+    Without a subcommand: preload --model ORG/NAME --dest DIR. Options given before a subcommand
+    apply to it when it has them (--log-format to all; the agent takes the transfer options);
+    any other is a usage error.
     """
     log.configure(kw["log_format"])
     if ctx.invoked_subcommand is not None:
