@@ -94,3 +94,55 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     """A missing file is reported with its path."""
     with pytest.raises(ConfigError, match="cannot read config"):
         load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("verifyInterval: nan", "invalid duration 'nan'"),
+        ("verifyInterval: .nan", "finite number of seconds"),
+        ("verifyInterval: .inf", "finite number of seconds"),
+        ("verifyInterval: '1e3'", "invalid duration '1e3'"),
+        ("verifyInterval: 1H", "invalid duration '1H'"),
+        ("verifyInterval: ' 30s'", "invalid duration ' 30s'"),
+        ("verifyInterval: 500us", "invalid duration '500us'"),
+        ("verifyInterval: -1", "finite number of seconds"),
+        ("verifyInterval: '-1'", "invalid duration '-1'"),
+        ("defaults: {sources: [models]}", "unsupported source 'models'"),
+        ("defaults: {sources: ['~/models']}", "unsupported source"),
+        ("defaults: {sources: ['file://host/x']}", "unsupported source"),
+        ("defaults: {sources: ['file://[x/']}", "unsupported source"),
+        ("defaults: {sources: ['/a://b']}", "unsupported source"),
+        ('models: [{id: "a/b\\n"}]', "invalid model id"),
+        ("models: [{id: a/b, revision: null}]", "revision: expected a non-empty string"),
+        ("maxConcurrent: 65", "maxConcurrent"),
+    ],
+)
+def test_what_the_schema_also_refuses(text: str, message: str) -> None:
+    """Values the spec's own checks let through, refused like the chart's schema does."""
+    with pytest.raises(ConfigError) as err:
+        parse(text, "cfg")
+    assert message in str(err.value)
+
+
+def test_durations_sources_and_filters() -> None:
+    """Days, fractions and plain seconds; file:// sources; allFiles; a bare include string."""
+    c = parse(
+        "verifyInterval: 1d\nstartupJitter: 0.5h\n"
+        "models: [{id: a/b, sources: ['file:///nfs', hf], allFiles: true, include: '*.json'}]\n"
+    )
+    assert (c.verify_interval, c.startup_jitter) == (86400.0, 1800.0)
+    (m,) = c.models
+    assert m.sources == ("file:///nfs", "hf") and m.spec.files.all_files
+    assert m.spec.files.include == ("*.json",)
+    assert parse("verifyInterval: 90").verify_interval == 90.0
+    assert parse("verifyInterval: '0'").verify_interval == 0.0
+
+
+def test_go_style_floats_from_helm_are_numbers() -> None:
+    """Helm writes 0.00001 as 1e-05 and 1234567.5 as 1.2345675e+06: both are numbers here."""
+    c = parse(
+        "gc: {highWatermarkPercent: 5e-05, lowWatermarkPercent: 1e-05}\nverifyInterval: 1.2345675e+06\n"
+    )
+    assert (c.gc.high_watermark_percent, c.gc.low_watermark_percent) == (5e-05, 1e-05)
+    assert c.verify_interval == 1234567.5

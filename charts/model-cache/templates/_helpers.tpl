@@ -97,16 +97,13 @@ Where the agent's config file is mounted.
 
 {{/*
 The agent's config file (the ConfigMap's only key), in the format
-`preload agent --config` reads.
+`preload agent --config` reads: `config` as it is, plus `models`. Passed through
+whole, so the agent sees every key (and refuses unknown ones) and
+values.schema.json, generated from the agent's parser by
+scripts/gen-config-schema.py, maps one to one onto it.
 */}}
 {{- define "model-cache.config" -}}
-{{- $cfg := dict "models" .Values.models -}}
-{{- with .Values.config -}}
-{{- $_ := set $cfg "defaults" .defaults -}}
-{{- $_ := set $cfg "maxConcurrent" .maxConcurrent -}}
-{{- $_ := set $cfg "verifyInterval" .verifyInterval -}}
-{{- $_ := set $cfg "startupJitter" .startupJitter -}}
-{{- $_ := set $cfg "gc" .gc -}}
-{{- end -}}
+{{- $cfg := deepCopy (.Values.config | default dict) -}}
+{{- $_ := set $cfg "models" .Values.models -}}
 {{- toYaml $cfg -}}
 {{- end }}
