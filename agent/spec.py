@@ -12,8 +12,8 @@ from agent.errors import UsageError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"  # the public hub; HF_ENDPOINT or --endpoint override it
 
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")  # \Z: "$" would accept a trailing newline
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _BAD_REF_CHARS = set(" ~^:?*[\\\x7f")

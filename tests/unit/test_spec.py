@@ -29,7 +29,7 @@ def test_valid_repo_ids_pass(good: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "gpt2", "a/b/c", "../x", "a/..", "a/b c", "a/-b", "a/b-", "a--b/c", "/a/b"]
+    "bad", ["", "gpt2", "a/b/c", "../x", "a/..", "a/b c", "a/-b", "a/b-", "a--b/c", "/a/b", "a/b\n", "a\n/b"]
 )
 def test_invalid_repo_ids_fail(bad: str) -> None:
     """Ids that are not ORG/NAME, or could traverse paths, are usage errors."""
