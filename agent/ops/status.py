@@ -8,15 +8,15 @@ from typing import Any
 
 from agent.errors import UsageError
 from agent.manifest import Manifest
-from agent.ops.verify import last_verified, verify
-from agent.spec import Layout, ModelSpec
-from agent.store import Store
+from agent.ops.verify import verify
+from agent.store import Store, inventory
 from agent.units import fmt_bytes, iso_seconds
 
 COMPLETE = "complete"
 PARTIAL = "partial"
 CORRUPT = "corrupt"
 UNVERIFIED_SOURCE = "unverified-source"
+UNKNOWN_LAYOUT = "-"  # partial files whose layout nothing on disk says yet
 
 
 @dataclass(frozen=True)
@@ -47,25 +47,27 @@ def scan(root: Path) -> list[ModelStatus]:
     if not root.is_dir():
         raise UsageError(f"--dest {root} is not a directory")
     store = Store(root)
+    inv = inventory.scan(root)
     rows: dict[tuple[str, str], ModelStatus] = {}
-    for lay in Layout:
-        for marker in sorted((store.state / "markers" / lay.value).glob("*/*.json")):
-            spec = ModelSpec(f"{marker.parent.name}/{marker.stem}", layout=lay)
-            rows[(spec.repo, lay.value)] = _from_marker(store, spec)
-    for repo, layout in _unpublished(store, rows):
-        rows[(repo, layout)] = ModelStatus(repo, layout, PARTIAL, busy=_busy(store, repo, layout))
+    for inst in inv.models:
+        rows[(inst.spec.repo, inst.spec.layout.value)] = _from_marker(store, inst)
+    # A staging folder does not say its layout; it only matters when no layout is published.
+    published = {repo for repo, _ in rows}
+    for left in inv.staging:
+        if left.repo not in published:
+            rows[(left.repo, UNKNOWN_LAYOUT)] = ModelStatus(
+                left.repo, UNKNOWN_LAYOUT, PARTIAL, busy=left.busy
+            )
+    for un in inv.unpublished:
+        rows[(un.repo, un.layout.value)] = ModelStatus(un.repo, un.layout.value, PARTIAL, busy=un.busy)
     return [rows[k] for k in sorted(rows)]
 
 
-def _from_marker(store: Store, spec: ModelSpec) -> ModelStatus:
-    busy = _busy(store, spec.repo, spec.layout.value)
-    m = store.read_marker(spec)
+def _from_marker(store: Store, inst: inventory.Installed) -> ModelStatus:
+    spec, m, last = inst.spec, inst.manifest, inst.verified
     if m is None:
-        return ModelStatus(spec.repo, spec.layout.value, CORRUPT, busy=busy)
+        return ModelStatus(spec.repo, spec.layout.value, CORRUPT, busy=inst.busy)
     report = verify(store, spec, rehash=False)
-    last = last_verified(store, spec)
-    if last is not None and last.commit != m.commit:
-        last = None
     problems = len(report.missing) + len(report.corrupt) + len(report.extra)
     return ModelStatus(
         repo=spec.repo,
@@ -79,7 +81,7 @@ def _from_marker(store: Store, spec: ModelSpec) -> ModelStatus:
         source=m.source,
         verified_at=iso_seconds(last.at) if last else None,
         verified_deep=last.deep if last else None,
-        busy=busy,
+        busy=inst.busy,
         problems=problems,
     )
 
@@ -88,29 +90,6 @@ def _state(m: Manifest, problems: int, last_failed: bool) -> str:
     if problems or last_failed:
         return CORRUPT
     return UNVERIFIED_SOURCE if m.hash_origin == "source-computed" else COMPLETE
-
-
-def _unpublished(store: Store, rows: dict[tuple[str, str], ModelStatus]) -> list[tuple[str, str]]:
-    """Models with staging files or a hub-cache folder but no marker: an interrupted transfer."""
-    found = []
-    for d in sorted((store.state / "staging").glob("*--*")):
-        repo = d.name.replace("--", "/", 1)
-        # A staging folder does not say its layout; it only matters when no layout is published.
-        if not any(r == repo for r, _ in rows):
-            found.append((repo, "-"))
-    for d in sorted(store.root.glob("models--*--*")):
-        repo = d.name.removeprefix("models--").replace("--", "/", 1)
-        if (repo, Layout.HF_CACHE.value) not in rows:
-            found.append((repo, Layout.HF_CACHE.value))
-    return found
-
-
-def _busy(store: Store, repo: str, layout: str) -> bool:
-    try:
-        spec = ModelSpec(repo, layout=Layout(layout) if layout != "-" else Layout.DIR)
-        return store.busy(spec)
-    except ValueError:
-        return False
 
 
 def render_table(rows: list[ModelStatus]) -> str:

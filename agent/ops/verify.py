@@ -9,8 +9,6 @@ through the normal preload path, pinned to the published commit, then republishe
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -25,9 +23,9 @@ from agent.errors import IntegrityError, Interrupted, NotReadyError, PreloadErro
 from agent.integrity import hash_file
 from agent.manifest import Manifest, RemoteFile
 from agent.sources.base import SourceFactory
-from agent.spec import COMMIT_RE, Layout, ModelSpec
-from agent.store import Placement, Store
-from agent.store.fs import atomic_write
+from agent.spec import COMMIT_RE, ModelSpec
+from agent.store import Placement, Store, verified
+from agent.store.verified import LastVerified
 
 # Marker timestamps are kept to the millisecond and file systems round mtimes: allow for both.
 MTIME_SLACK = 1.0
@@ -85,16 +83,6 @@ class VerifyReport:
         return NotReadyError(self.summary())
 
 
-@dataclass(frozen=True)
-class LastVerified:
-    """The record `verify` leaves under DIR/.preload/verified/ for `status`."""
-
-    commit: str
-    at: float
-    deep: bool
-    sound: bool
-
-
 def verify(
     store: Store,
     spec: ModelSpec,
@@ -137,8 +125,9 @@ def verify(
             report.corrupt.append(p.file.path)
         elif deep or st.st_mtime > trusted_until + MTIME_SLACK:
             to_hash.append(p)
-    report.missing += _broken_pointers(store, spec, m)
-    report.extra = _extra_files(store, spec, m)
+    layout = store.layout(spec)
+    report.missing += layout.broken_pointers(spec, m)
+    report.extra = layout.extra_files(spec, m)
     if rehash:
         bad = _hash_check(to_hash, workers, cancel)
         report.corrupt += bad
@@ -157,20 +146,11 @@ def record(store: Store, spec: ModelSpec, report: VerifyReport) -> None:
     """Remember when this commit was last verified (a read-only DIR just skips it)."""
     if not report.marker or report.commit is None:
         return
-    doc = {"commit": report.commit, "at": time.time(), "deep": report.deep, "sound": report.sound}
+    last = LastVerified(report.commit, time.time(), report.deep, report.sound)
     try:
-        atomic_write(_record_path(store, spec), json.dumps(doc).encode())
+        verified.record(store.root, spec, last)
     except OSError as exc:
         log.get().warning("verify_not_recorded", repo=spec.repo, error=exc.strerror)
-
-
-def last_verified(store: Store, spec: ModelSpec) -> LastVerified | None:
-    """The last verification of this model, if recorded and well-formed."""
-    try:
-        doc = json.loads(_record_path(store, spec).read_bytes())
-        return LastVerified(str(doc["commit"]), float(doc["at"]), bool(doc["deep"]), bool(doc["sound"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def repair(
@@ -205,12 +185,12 @@ def repair(
 
 
 def _delete(store: Store, spec: ModelSpec, m: Manifest, bad: set[str], extra: list[str]) -> None:
-    for p in store.placements(spec, m.commit, m.files):
-        if p.file.path in bad:
-            _unlink(p.final)
-            if spec.layout is Layout.HF_CACHE:
-                _unlink(store.model_path(spec, m.commit) / p.file.path)
-    base = _model_root(store, spec, m)
+    layout = store.layout(spec)
+    for f in m.files:
+        if f.path in bad:
+            for path in layout.file_paths(spec, m.commit, f):
+                _unlink(path)
+    base = layout.files_dir(spec, m.commit)
     for rel in extra:
         _unlink(base / rel)
 
@@ -246,43 +226,6 @@ def _hash_check(
     return [p.file.path for p, is_bad in zip(placements, flags, strict=True) if is_bad]
 
 
-def _model_root(store: Store, spec: ModelSpec, m: Manifest) -> Path:
-    if spec.layout is Layout.DIR:
-        return store.version_dir(spec, m.commit)
-    return store.model_path(spec, m.commit)
-
-
-def _broken_pointers(store: Store, spec: ModelSpec, m: Manifest) -> list[str]:
-    """Files whose blobs exist but that readers cannot reach through the published names."""
-    if spec.layout is Layout.DIR:
-        try:
-            ok = Path(os.readlink(store.model_path(spec))).name == m.commit
-        except OSError:
-            ok = False
-        return [] if ok else [f"{spec.org}/{spec.name} (link to {m.commit[:12]})"]
-    snap = store.model_path(spec, m.commit)
-    blobs = store.hf_repo_dir(spec) / "blobs"
-    return [
-        f.path for f in m.files if os.path.realpath(snap / f.path) != os.path.realpath(blobs / f.digest.hex)
-    ]
-
-
-def _extra_files(store: Store, spec: ModelSpec, m: Manifest) -> list[str]:
-    base = _model_root(store, spec, m)
-    listed = {f.path for f in m.files}
-    found = []
-    for dirpath, _dirs, names in os.walk(base):
-        for name in names:
-            rel = (Path(dirpath) / name).relative_to(base).as_posix()
-            if rel not in listed:
-                found.append(rel)
-    return found
-
-
-def _record_path(store: Store, spec: ModelSpec) -> Path:
-    return store.state / "verified" / spec.layout.value / spec.org / f"{spec.name}.json"
-
-
 def _sound_since(store: Store, spec: ModelSpec, m: Manifest) -> float:
-    last = last_verified(store, spec)
+    last = verified.last_verified(store.root, spec)
     return last.at if last is not None and last.sound and last.commit == m.commit else 0.0

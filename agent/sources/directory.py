@@ -38,7 +38,7 @@ from agent.integrity import GIT_SHA1, SHA256, Digest, hash_file, safe_relpath
 from agent.manifest import RemoteFile
 from agent.sources.base import Snapshot, SourceFactory
 from agent.spec import COMMIT_RE, Layout, ModelSpec
-from agent.store import STATE, Store
+from agent.store import STATE, HfRepo, Store
 
 # A directory read is one sequential stream per file: ranges would only make the engine
 # re-read every byte from the page cache to hash it in order.
@@ -128,18 +128,18 @@ class DirectorySource:
         return None
 
     def _from_hub_cache(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
-        repo_dir = os.path.join(real_root, f"models--{spec.org}--{spec.name}")
-        if not os.path.isdir(repo_dir):
+        hf = HfRepo.at(Path(real_root), spec)
+        if not hf.path.is_dir():
             return None
-        commit = spec.revision if spec.pinned else _read_ref(repo_dir, spec.revision)
+        commit = spec.revision if spec.pinned else _read_ref(hf.ref(spec.revision))
         if commit is None:
             raise NotFoundError(f"{spec.repo}@{spec.revision} is not in the hub cache at {self.root}")
-        snap_dir = os.path.join(repo_dir, "snapshots", commit)
+        snap_dir = os.fspath(hf.snapshot(commit))
         if not os.path.isdir(snap_dir):
             raise NotFoundError(
                 f"{spec.repo}: snapshot {commit[:12]} is missing from the hub cache at {self.root}"
             )
-        tree = _read_tree(os.path.join(repo_dir, "trees", f"{commit}.json"))
+        tree = _read_tree(hf.tree(commit))
         files: list[RemoteFile] = []
         paths: dict[str, str] = {}
         unknown: dict[str, str] = {}
@@ -290,16 +290,16 @@ def _revision_matches(spec: ModelSpec, revision: str, commit: str) -> bool:
     return commit == spec.revision if spec.pinned else revision == spec.revision
 
 
-def _read_ref(repo_dir: str, revision: str) -> str | None:
+def _read_ref(path: Path) -> str | None:
     try:
-        with open(os.path.join(repo_dir, "refs", revision), encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             commit = f.read().strip()
     except (OSError, UnicodeDecodeError):
         return None
     return commit if COMMIT_RE.match(commit) else None
 
 
-def _read_tree(path: str) -> dict[str, dict[str, Any]]:
+def _read_tree(path: Path) -> dict[str, dict[str, Any]]:
     """Our own hf-cache layout records each file's hashes in trees/<commit>.json."""
     try:
         with open(path, encoding="utf-8") as f:

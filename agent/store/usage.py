@@ -10,15 +10,12 @@ import contextlib
 from pathlib import Path
 
 from agent.spec import Layout, ModelSpec
-from agent.store import STATE
-
-USED = "used"
+from agent.store.paths import CachePaths
 
 
 def record_path(root: Path, repo: str, layout: Layout) -> Path:
     """Where the last use of a model in a layout is recorded."""
-    org, name = repo.split("/", 1)
-    return root / STATE / USED / layout.value / org / name
+    return CachePaths(root).used(repo, layout)
 
 
 def touch(root: Path, spec: ModelSpec) -> None:

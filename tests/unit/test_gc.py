@@ -12,7 +12,7 @@ from agent.engine.preload import PreloadOptions, preload
 from agent.ops import gc
 from agent.sources.hub import HubSource
 from agent.spec import Layout, ModelSpec
-from agent.store import Store, usage
+from agent.store import Store, evict, usage
 from tests.hubfixtures import HubFactory
 from tests.integration.agentproc import small_repo
 
@@ -141,9 +141,9 @@ def test_never_removes_through_a_symlinked_parent(tmp_path: Path) -> None:
     (root / ".preload").mkdir(parents=True)
     (root / ".preload" / "versions").symlink_to(outside)
     with pytest.raises(ValueError, match="symlink"):
-        gc._remove(root, root / ".preload" / "versions" / "victim")
+        evict.remove(root, root / ".preload" / "versions" / "victim")
     with pytest.raises(ValueError):
-        gc._remove(root, outside / "victim")
+        evict.remove(root, outside / "victim")
     assert (outside / "victim").is_dir()
 
 
