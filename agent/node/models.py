@@ -26,7 +26,6 @@ from agent.modelview import ModelState, ModelView
 from agent.node import metrics
 from agent.node.config import ModelConfig
 from agent.sources.base import Snapshot
-from agent.spec import Layout
 from agent.store import Store
 from agent.units import iso_seconds
 
@@ -180,7 +179,8 @@ class ModelTable:
             total, done, rate = job.progress.total, job.progress.done, job.progress.rate()
             eta = round((total - done) / rate, 1) if rate > 0 else None
         # The published commit's path; the commit being fetched is reported as soon as it is known.
-        path = ready_path or (str(self._store.model_path(spec)) if spec.layout is Layout.DIR else None)
+        stable = self._store.layout(spec).stable_path(spec)
+        path = ready_path or (str(stable) if stable is not None else None)
         if job is not None and job.commit:
             commit = job.commit
         state = self.phase(state, job)

@@ -98,6 +98,10 @@ class LayoutStrategy(ABC):
         """What a reader opens for the current revision (or, where each has its own, `commit`)."""
 
     @abstractmethod
+    def stable_path(self, spec: ModelSpec) -> Path | None:
+        """The path readers open whatever the commit, where the layout has one."""
+
+    @abstractmethod
     def files_dir(self, spec: ModelSpec, commit: str) -> Path:
         """The folder showing a revision's files under their repo paths."""
 
@@ -175,6 +179,9 @@ class DirLayout(LayoutStrategy):
     def model_path(self, spec: ModelSpec, commit: str | None = None) -> Path:
         return self.paths.root / spec.org / spec.name
 
+    def stable_path(self, spec: ModelSpec) -> Path | None:
+        return self.model_path(spec)
+
     def files_dir(self, spec: ModelSpec, commit: str) -> Path:
         return self.paths.version(spec, commit)
 
@@ -234,6 +241,9 @@ class HfCacheLayout(LayoutStrategy):
 
     def model_path(self, spec: ModelSpec, commit: str | None = None) -> Path:
         return self.repo(spec).snapshot(commit or "")
+
+    def stable_path(self, spec: ModelSpec) -> Path | None:
+        return None  # every commit has its own snapshot folder
 
     def files_dir(self, spec: ModelSpec, commit: str) -> Path:
         return self.model_path(spec, commit)
