@@ -17,12 +17,9 @@ is not a regular file is refused before a byte is copied.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,25 +29,19 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from agent import log
-from agent.buffers import DIRECT_ALIGN, READS
 from agent.errors import IntegrityError, NotFoundError, PreloadError, UsageError
-from agent.integrity import GIT_SHA1, SHA256, Digest, hash_file, safe_relpath
+from agent.integrity import GIT_SHA1, SHA256, Digest, hash_file
 from agent.manifest import RemoteFile
 from agent.sources.base import Snapshot, SourceFactory
+from agent.sources.dirread import check_file, open_regular, read_blocks, walk
 from agent.spec import COMMIT_RE, Layout, ModelSpec
-from agent.store import STATE, HfRepo, Store
+from agent.store import HfRepo, Store
 
 # A directory read is one sequential stream per file: ranges would only make the engine
 # re-read every byte from the page cache to hash it in order.
 WHOLE_FILE_CHUNK = 1 << 62
 COMPUTED_PREFIX = "local-"
 HASH_WORKERS = 4
-# Metadata that tools leave next to a model's files, never part of it.
-_SKIP_DIRS = frozenset({".git", STATE})
-_SKIP_PATHS = frozenset({".cache/huggingface"})
-_O_NOATIME = getattr(os, "O_NOATIME", 0)
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-DIRECT_MIN = 4 << 20  # smaller files are read through the page cache: one request either way
 
 ORIGIN_MANIFEST = "manifest"
 ORIGIN_HUB_CACHE = "hub-cache"
@@ -122,7 +113,7 @@ class DirectorySource:
                 continue
             paths = {}
             for p in store.placements(lspec, m.commit, m.files):
-                paths[p.file.path] = _check_file(real_root, str(p.final), p.file.path, p.file.size)
+                paths[p.file.path] = check_file(real_root, str(p.final), p.file.path, p.file.size)
             origin = ORIGIN_COMPUTED if m.hash_origin == ORIGIN_COMPUTED else ORIGIN_MANIFEST
             return Snapshot(m.commit, m.files, self.name, None, origin), paths
         return None
@@ -143,7 +134,7 @@ class DirectorySource:
         files: list[RemoteFile] = []
         paths: dict[str, str] = {}
         unknown: dict[str, str] = {}
-        for rel, real in _walk(real_root, snap_dir):
+        for rel, real in walk(real_root, snap_dir):
             size = os.stat(real).st_size
             digest = _digest_from_tree(tree.get(rel)) or _digest_from_blob_name(os.path.basename(real))
             if digest is None:
@@ -166,7 +157,7 @@ class DirectorySource:
         model_dir = os.path.join(real_root, spec.org, spec.name)
         if not os.path.isdir(model_dir):
             return None
-        paths = dict(_walk(real_root, model_dir))
+        paths = dict(walk(real_root, model_dir))
         listed = self._hub_listing(spec)
         if listed is not None:
             return self._checked_against(spec, listed, paths), paths
@@ -226,64 +217,15 @@ class DirectorySource:
         path = self._paths.get(file.path)
         if path is None:
             raise NotFoundError(f"{file.path} is not in {self.root}/{spec.repo}")
-        fd = _open_regular(path, file.path)
+        fd = open_regular(path, file.path)
         try:
             if os.fstat(fd).st_size != file.size:
                 raise IntegrityError(f"{path} changed size while being copied")
             with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
-            yield self._blocks(fd, path, start, end)
+            yield read_blocks(fd, path, start, end, self._drop_cache)
         finally:
             os.close(fd)
-
-    def _blocks(self, fd: int, path: str, start: int, end: int) -> Iterator[memoryview]:
-        """Read [start, end) into one buffer, refilled in place (the consumer writes and hashes
-        each block before asking for the next).
-
-        Large files are read with O_DIRECT where the filesystem allows it: the disk (or NFS
-        server) fills our buffer directly, which saves the kernel's copy out of the page cache
-        (a third of a copy's system time) and leaves the page cache, which counts against the
-        pod's memory limit, to the model's readers. Buffered reads are the fallback.
-        """
-        # Page-aligned, as O_DIRECT needs; reads start on an aligned offset.
-        with READS.lend() as buf:
-            direct = end - start >= DIRECT_MIN and _set_direct(fd, True)
-            pos = start - start % DIRECT_ALIGN if direct else start
-            skip = start - pos
-            while pos < end:
-                want = min(len(buf), end - pos)
-                if direct:
-                    want = min(len(buf), -(-want // DIRECT_ALIGN) * DIRECT_ALIGN)
-                try:
-                    n = os.preadv(fd, [buf[:want]], pos)
-                except OSError as exc:
-                    if direct and exc.errno == errno.EINVAL and _set_direct(fd, False):
-                        # Accepted by fcntl, refused at read: go on through the page cache.
-                        direct = False
-                        pos, skip = pos + skip, 0
-                        continue
-                    raise PreloadError(f"cannot read {path}: {exc.strerror}") from exc
-                n = min(n, end - pos)
-                if n <= skip:
-                    raise IntegrityError(f"{path} ended at byte {pos}, expected {end}: changed while copied?")
-                if self._drop_cache and not direct:
-                    # Pages read from a shared volume count against the pod's memory limit too.
-                    os.posix_fadvise(fd, pos, n, os.POSIX_FADV_DONTNEED)
-                block = buf[skip:n]
-                pos, skip = pos + n, 0
-                yield block
-
-
-def _set_direct(fd: int, on: bool) -> bool:
-    """Switch O_DIRECT on or off for an open file; False where the filesystem refuses it."""
-    if not _O_DIRECT:
-        return False
-    try:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
-    except OSError:
-        return False
-    return True
 
 
 def _revision_matches(spec: ModelSpec, revision: str, commit: str) -> bool:
@@ -328,89 +270,6 @@ def _digest_from_blob_name(name: str) -> Digest | None:
         return Digest(algo, name)
     except IntegrityError:
         return None
-
-
-def _inside(real_root: str, path: str) -> bool:
-    return os.path.commonpath([real_root, path]) == real_root
-
-
-def _check_file(real_root: str, path: str, rel: str, size: int | None = None) -> str:
-    """The real path of a source file after the safety rules, or a clear error."""
-    real = os.path.realpath(path)
-    if not _inside(real_root, real):
-        raise IntegrityError(f"source file {rel!r} is a symlink leading out of {real_root}: refusing it")
-    try:
-        st = os.stat(real)
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"source file {rel!r} is missing ({path})") from exc
-    except OSError as exc:
-        raise PreloadError(f"cannot read source file {rel!r}: {exc.strerror}") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise IntegrityError(f"source file {rel!r} is {_kind(st.st_mode)}, not a regular file: refusing it")
-    if not os.access(real, os.R_OK):
-        raise PreloadError(f"source file {rel!r} is not readable ({real}): check its permissions")
-    if size is not None and st.st_size != size:
-        raise IntegrityError(f"source file {rel!r} has {st.st_size} bytes, its manifest says {size}")
-    return real
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISDIR, "a directory"),
-    ):
-        if test(mode):
-            return name
-    return "a special file"
-
-
-def _walk(real_root: str, top: str) -> Iterator[tuple[str, str]]:
-    """(relative path, real path) of every file under `top`, applying the safety rules."""
-    seen: set[str] = set()
-
-    def walk(directory: str, prefix: str) -> Iterator[tuple[str, str]]:
-        real_dir = os.path.realpath(directory)
-        if not _inside(real_root, real_dir):
-            raise IntegrityError(f"source directory {prefix!r} is a symlink leading out of {real_root}")
-        if real_dir in seen:
-            raise IntegrityError(f"source directory {prefix!r} is a symlink loop")
-        seen.add(real_dir)
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            raise PreloadError(f"cannot list source directory {directory}: {exc.strerror}") from exc
-        for entry in entries:
-            rel = f"{prefix}{entry.name}"
-            if entry.name in _SKIP_DIRS or rel in _SKIP_PATHS:
-                continue
-            safe_relpath(rel)
-            if entry.is_dir(follow_symlinks=True) and _inside(real_root, os.path.realpath(entry.path)):
-                yield from walk(entry.path, rel + "/")
-            else:
-                yield rel, _check_file(real_root, entry.path, rel)
-
-    return walk(top, "")
-
-
-def _open_regular(path: str, rel: str) -> int:
-    # O_NONBLOCK: a file swapped for a FIFO after listing must not hang us in open().
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        try:
-            fd = os.open(path, flags | _O_NOATIME)
-        except PermissionError:
-            fd = os.open(path, flags)  # O_NOATIME needs ownership; atime is not worth failing for
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise IntegrityError(f"source file {rel!r} became a symlink while copying") from exc
-        raise PreloadError(f"cannot open source file {rel!r}: {exc.strerror}") from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise IntegrityError(f"source file {rel!r} is not a regular file: refusing it")
-    return fd
 
 
 def _hash_all(paths: dict[str, str], wanted: list[str]) -> tuple[RemoteFile, ...]:

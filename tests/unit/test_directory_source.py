@@ -226,19 +226,19 @@ def _read_range(source: DirectorySource, start: int, end: int, name: str = "big.
 
 def _spy_reads(monkeypatch: pytest.MonkeyPatch, refuse_direct: bool = False) -> list[tuple[int, bool]]:
     """Record (offset, O_DIRECT on?) for every source read; optionally refuse direct ones (EINVAL)."""
-    from agent.sources import directory
+    from agent.sources import dirread
 
     real = os.preadv
     reads: list[tuple[int, bool]] = []
 
     def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
-        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & directory._O_DIRECT)
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & dirread._O_DIRECT)
         reads.append((offset, direct))
         if direct and refuse_direct:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real(fd, buffers, offset)
 
-    monkeypatch.setattr(directory.os, "preadv", preadv)
+    monkeypatch.setattr(dirread.os, "preadv", preadv)
     return reads
 
 
@@ -252,7 +252,7 @@ def test_large_reads_are_direct_and_byte_exact_at_any_offset(
     stop = len(data) if end is None else end
     reads = _spy_reads(monkeypatch)
     assert _read_range(DirectorySource(src), start, stop) == data[start:stop]
-    from agent.sources.directory import DIRECT_MIN
+    from agent.sources.dirread import DIRECT_MIN
 
     if stop - start >= DIRECT_MIN:
         assert all(direct for _, direct in reads) and reads[0][0] == start - start % 4096
