@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-pytest_plugins = ["tests.hubfixtures"]
+pytest_plugins = ["tests.hubfixtures", "tests.s3fixtures"]
 
 # Tools some tests need and skip without. CI sets MODEL_CACHE_TEST_REQUIRE (see .ci/run) to a
 # comma-separated list of them, or `all`, so that a missing tool fails instead of skipping.

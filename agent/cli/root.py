@@ -109,7 +109,10 @@ def _passed_on(
     is_flag=True,
     help="Fetch every file, even duplicate weight formats.",
 )
-@source_option("Where to get the model, tried in order: 'hf' (the hub) or a directory/file:// URL.")
+@source_option(
+    "Where to get the model, tried in order: 'hf' (the hub), a directory/file:// URL, or a bucket "
+    "s3://BUCKET/PREFIX."
+)
 @endpoint_option
 @token_file_option
 @max_workers_option("Parallel connections.")
@@ -194,5 +197,6 @@ def run_preload(**kw: Any) -> None:
         drop_cache=kw["drop_cache"],
     )
     hub = hub_factory(endpoint, token_file, kw["max_workers"], kw["read_timeout"] or 30.0)
-    preload(spec, dest, factories(kw["sources"], hub, kw["drop_cache"]), opts)
+    sources = factories(kw["sources"], hub, kw["drop_cache"], kw["max_workers"], kw["read_timeout"] or 30.0)
+    preload(spec, dest, sources, opts)
     usage.touch(dest, spec)  # garbage collection evicts the least recently used first

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 from agent.errors import UsageError
-from agent.sources.directory import parse_location
+from agent.sources.registry import check as check_source
+from agent.sources.s3loc import S3_URL_FORBIDDEN, S3_URL_PATTERN
 from agent.spec import FileFilter, Layout, ModelSpec, parse_duration, parse_model
 
 DEFAULT_MAX_CONCURRENT = 2
@@ -56,10 +57,12 @@ ID_PATTERN = f"^{_PART}/{_PART}(@{_REVISION})?$"
 ID_FORBIDDEN = r"\.\.|^[^@]*--|^[^@]*[.-](/|@|$)|@.*(//|@\{|[/.]$|\.lock$)"
 # A number of seconds, or number+unit terms (Go style plus days; lowercase, no spaces).
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+)$"
-# `hf`, an absolute directory, or a file:// URL of one (no host but localhost, no query).
-# Relative paths would be relative to the agent's working directory: never what a node means.
-SOURCE_PATTERN = r"^(hf|/[^\x00-\x1f\x7f]*|file://(localhost)?/[^?#\x00-\x1f\x7f]*)$"
-SOURCE_FORBIDDEN = r"^/.*://"  # parse_location reads any '://' as a URL and refuses it
+# `hf`, an absolute directory, a file:// URL of one (no host but localhost, no query), or a
+# bucket (s3.S3_URL_PATTERN). Relative paths would be relative to the agent's working
+# directory: never what a node means.
+SOURCE_PATTERN = rf"^(hf|/[^\x00-\x1f\x7f]*|file://(localhost)?/[^?#\x00-\x1f\x7f]*|{S3_URL_PATTERN})$"
+# parse_location reads any '://' as a URL and refuses it; then the bucket URL's own exclusions.
+SOURCE_FORBIDDEN = rf"^/.*://|{S3_URL_FORBIDDEN}"
 MAX_CONCURRENT = 64
 MAX_PERCENT = 100.0
 
@@ -305,11 +308,12 @@ def _sources(raw: Any, where: str) -> tuple[str, ...]:
     for i, name in enumerate(out):
         if not _SOURCE_RE.fullmatch(name) or _SOURCE_BAD_RE.search(name):
             raise ConfigError(
-                f"{where}[{i}]: unsupported source {name!r}: use hf, an absolute directory or file:///path"
+                f"{where}[{i}]: unsupported source {name!r}: use hf, an absolute directory, file:///path "
+                "or s3://BUCKET[/PREFIX]"
             )
         if name != "hf":
             try:
-                parse_location(name)  # the agent's sources are built with it: it must agree
+                check_source(name)  # the agent's sources are built by the registry: it must agree
             except UsageError as exc:
                 raise ConfigError(f"{where}[{i}]: {exc}") from exc
     return out
@@ -348,7 +352,7 @@ def json_schema() -> dict[str, Any]:
     source = {
         "type": "string",
         "description": "`hf` (the hub at hf.endpoint), an absolute directory path (e.g. "
-        "sharedSource.mountPath) or a file:///path URL",
+        "sharedSource.mountPath), a file:///path URL or a bucket s3://BUCKET[/PREFIX]",
         "allOf": [{"pattern": SOURCE_PATTERN}, {"not": {"pattern": SOURCE_FORBIDDEN}}],
     }
     sources = {"type": "array", "minItems": 1, "items": source, "description": "Tried in order"}

@@ -17,36 +17,35 @@ is not a regular file is refused before a byte is copied.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from agent import log
-from agent.errors import IntegrityError, NotFoundError, PreloadError, UsageError
-from agent.integrity import GIT_SHA1, SHA256, Digest, hash_file
+from agent.errors import IntegrityError, NotFoundError, UsageError
+from agent.integrity import SHA256, Digest, hash_file
 from agent.manifest import RemoteFile
+from agent.sources import kinds
 from agent.sources.base import Snapshot, SourceFactory
 from agent.sources.dirread import check_file, open_regular, read_blocks, walk
-from agent.spec import COMMIT_RE, Layout, ModelSpec
+from agent.spec import ModelSpec
 from agent.store import HfRepo, Store
 
 # A directory read is one sequential stream per file: ranges would only make the engine
 # re-read every byte from the page cache to hash it in order.
 WHOLE_FILE_CHUNK = 1 << 62
-COMPUTED_PREFIX = "local-"
 HASH_WORKERS = 4
 
-ORIGIN_MANIFEST = "manifest"
-ORIGIN_HUB_CACHE = "hub-cache"
-ORIGIN_HUB_LISTING = "hub-listing"
-ORIGIN_COMPUTED = "source-computed"
+# The names other modules and tests know them by; the rules live in kinds.py.
+ORIGIN_MANIFEST = kinds.ORIGIN_MANIFEST
+ORIGIN_HUB_CACHE = kinds.ORIGIN_HUB_CACHE
+ORIGIN_HUB_LISTING = kinds.ORIGIN_HUB_LISTING
+ORIGIN_COMPUTED = kinds.ORIGIN_COMPUTED
+COMPUTED_PREFIX = kinds.COMPUTED_PREFIX
 
 
 def parse_location(name: str) -> Path:
@@ -105,24 +104,21 @@ class DirectorySource:
 
     def _from_marker(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
         store = Store(Path(real_root))
-        # The requested layout first: its files are then laid out exactly as we will write them.
-        for layout in (spec.layout, *(la for la in Layout if la is not spec.layout)):
-            lspec = replace(spec, layout=layout)
+        for lspec in kinds.layouts_for(spec):
             m = store.read_marker(lspec)
-            if m is None or not _revision_matches(spec, m.revision, m.commit):
+            if m is None or not kinds.revision_matches(spec, m.revision, m.commit):
                 continue
             paths = {}
             for p in store.placements(lspec, m.commit, m.files):
                 paths[p.file.path] = check_file(real_root, str(p.final), p.file.path, p.file.size)
-            origin = ORIGIN_COMPUTED if m.hash_origin == ORIGIN_COMPUTED else ORIGIN_MANIFEST
-            return Snapshot(m.commit, m.files, self.name, None, origin), paths
+            return Snapshot(m.commit, m.files, self.name, None, kinds.manifest_origin(m)), paths
         return None
 
     def _from_hub_cache(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
         hf = HfRepo.at(Path(real_root), spec)
         if not hf.path.is_dir():
             return None
-        commit = spec.revision if spec.pinned else _read_ref(hf.ref(spec.revision))
+        commit = spec.revision if spec.pinned else kinds.parse_ref(_read_bytes(hf.ref(spec.revision)))
         if commit is None:
             raise NotFoundError(f"{spec.repo}@{spec.revision} is not in the hub cache at {self.root}")
         snap_dir = os.fspath(hf.snapshot(commit))
@@ -130,18 +126,16 @@ class DirectorySource:
             raise NotFoundError(
                 f"{spec.repo}: snapshot {commit[:12]} is missing from the hub cache at {self.root}"
             )
-        tree = _read_tree(hf.tree(commit))
+        tree = kinds.parse_tree(_read_bytes(hf.tree(commit)))
         files: list[RemoteFile] = []
         paths: dict[str, str] = {}
         unknown: dict[str, str] = {}
         for rel, real in walk(real_root, snap_dir):
-            size = os.stat(real).st_size
-            digest = _digest_from_tree(tree.get(rel)) or _digest_from_blob_name(os.path.basename(real))
-            if digest is None:
+            rf = kinds.hub_cache_file(rel, os.stat(real).st_size, tree, os.path.basename(real))
+            if rf is None:
                 unknown[rel] = real  # a copied-in regular file: no name to trust
                 continue
-            blob_id = tree.get(rel, {}).get("blob_id") if digest.algo == SHA256 else None
-            files.append(RemoteFile(rel, size, digest, blob_id if isinstance(blob_id, str) else None))
+            files.append(rf)
             paths[rel] = real
         if unknown:
             raise IntegrityError(
@@ -151,16 +145,17 @@ class DirectorySource:
         if not files:
             raise NotFoundError(f"{spec.repo}: snapshot {commit[:12]} in {self.root} is empty")
         files.sort(key=lambda f: f.path)
-        return Snapshot(commit, tuple(files), self.name, None, ORIGIN_HUB_CACHE), paths
+        return Snapshot(commit, tuple(files), self.name, None, kinds.ORIGIN_HUB_CACHE), paths
 
     def _from_plain(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
         model_dir = os.path.join(real_root, spec.org, spec.name)
         if not os.path.isdir(model_dir):
             return None
         paths = dict(walk(real_root, model_dir))
-        listed = self._hub_listing(spec)
+        listed = kinds.hub_listing(self._hub, spec, self._log)
         if listed is not None:
-            return self._checked_against(spec, listed, paths), paths
+            sizes = {rel: os.stat(real).st_size for rel, real in paths.items()}
+            return kinds.checked_against(spec, listed, sizes, f"{self.root}/{spec.repo}", self.name), paths
         if spec.pinned:
             raise NotFoundError(
                 f"{self.root}/{spec.repo} is a plain directory and the hub is not reachable to tell "
@@ -176,36 +171,7 @@ class DirectorySource:
             "the source as it reads now",
         )
         files = _hash_all(paths, wanted)
-        return Snapshot(_content_id(files), files, self.name, None, ORIGIN_COMPUTED), paths
-
-    def _hub_listing(self, spec: ModelSpec) -> Snapshot | None:
-        if self._hub is None:
-            return None
-        hub = self._hub()
-        try:
-            return hub.snapshot(spec)
-        except PreloadError as exc:
-            self._log.warning("hub_listing_unavailable", repo=spec.repo, error=str(exc))
-            return None
-        finally:
-            hub.close()
-
-    def _checked_against(self, spec: ModelSpec, listed: Snapshot, paths: dict[str, str]) -> Snapshot:
-        wanted = spec.files.select(f.path for f in listed.files)
-        by_path = {f.path: f for f in listed.files}
-        missing = [p for p in wanted if p not in paths]
-        if missing:
-            raise NotFoundError(
-                f"{self.root}/{spec.repo} lacks {len(missing)} file(s) of commit {listed.commit[:12]}, "
-                f"e.g. {missing[0]!r}"
-            )
-        for p in wanted:
-            size = os.stat(paths[p]).st_size
-            if size != by_path[p].size:
-                raise IntegrityError(
-                    f"{self.root}/{spec.repo}/{p} has {size} bytes, the hub lists {by_path[p].size}"
-                )
-        return Snapshot(listed.commit, listed.files, self.name, listed.endpoint, ORIGIN_HUB_LISTING)
+        return Snapshot(kinds.content_id(files), files, self.name, None, kinds.ORIGIN_COMPUTED), paths
 
     # -- reading -------------------------------------------------------------------
 
@@ -228,47 +194,11 @@ class DirectorySource:
             os.close(fd)
 
 
-def _revision_matches(spec: ModelSpec, revision: str, commit: str) -> bool:
-    return commit == spec.revision if spec.pinned else revision == spec.revision
-
-
-def _read_ref(path: Path) -> str | None:
+def _read_bytes(path: Path) -> bytes | None:
     try:
-        with open(path, encoding="ascii") as f:
-            commit = f.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return commit if COMMIT_RE.match(commit) else None
-
-
-def _read_tree(path: Path) -> dict[str, dict[str, Any]]:
-    """Our own hf-cache layout records each file's hashes in trees/<commit>.json."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            files = json.load(f).get("files", {})
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, dict)}
-
-
-def _digest_from_tree(entry: dict[str, Any] | None) -> Digest | None:
-    if not entry:
-        return None
-    with contextlib.suppress(IntegrityError, TypeError):
-        if entry.get("lfs_sha256"):
-            return Digest(SHA256, entry["lfs_sha256"])
-        return Digest(GIT_SHA1, entry["blob_id"])
-    return None
-
-
-def _digest_from_blob_name(name: str) -> Digest | None:
-    """The hub client names blobs by LFS sha256 (64 hex) or git blob sha1 (40 hex)."""
-    algo = {64: SHA256, 40: GIT_SHA1}.get(len(name))
-    if algo is None:
-        return None
-    try:
-        return Digest(algo, name)
-    except IntegrityError:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)  # a ref or a tree listing; anything larger is not one
+    except OSError:
         return None
 
 
@@ -281,11 +211,3 @@ def _hash_all(paths: dict[str, str], wanted: list[str]) -> tuple[RemoteFile, ...
 
     with ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="hash") as pool:
         return tuple(pool.map(one, wanted))
-
-
-def _content_id(files: tuple[RemoteFile, ...]) -> str:
-    """A stable stand-in for a commit: the same bytes give the same id, any change a new one."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.path}\0{f.size}\0{f.digest.hex}\n".encode())
-    return COMPUTED_PREFIX + h.hexdigest()[: 40 - len(COMPUTED_PREFIX)]

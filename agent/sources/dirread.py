@@ -13,11 +13,8 @@ from collections.abc import Iterator
 from agent.buffers import DIRECT_ALIGN, READS
 from agent.errors import IntegrityError, NotFoundError, PreloadError
 from agent.integrity import safe_relpath
-from agent.store import STATE
+from agent.sources.kinds import SKIP_DIRS, SKIP_PATHS
 
-# Metadata that tools leave next to a model's files, never part of it.
-_SKIP_DIRS = frozenset({".git", STATE})
-_SKIP_PATHS = frozenset({".cache/huggingface"})
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 DIRECT_MIN = 4 << 20  # smaller files are read through the page cache: one request either way
@@ -89,7 +86,7 @@ def walk(real_root: str, top: str) -> Iterator[tuple[str, str]]:
             raise PreloadError(f"cannot list source directory {directory}: {exc.strerror}") from exc
         for entry in entries:
             rel = f"{prefix}{entry.name}"
-            if entry.name in _SKIP_DIRS or rel in _SKIP_PATHS:
+            if entry.name in SKIP_DIRS or rel in SKIP_PATHS:
                 continue
             safe_relpath(rel)
             if entry.is_dir(follow_symlinks=True) and inside(real_root, os.path.realpath(entry.path)):

@@ -24,7 +24,7 @@ from agent.errors import (
 from agent.integrity import GIT_SHA1, SHA256, Digest, safe_relpath
 from agent.manifest import RemoteFile, public_endpoint
 from agent.sources.base import Block, Snapshot
-from agent.sources.ranged import RangedReader, proxied
+from agent.sources.ranged import RangedReader, proxied, range_skip
 from agent.spec import COMMIT_RE, DEFAULT_ENDPOINT, ModelSpec
 
 MAX_FILE_SIZE = 1 << 40  # 1 TiB: far beyond any real shard; larger is a hostile listing
@@ -268,7 +268,7 @@ class HubSource:
                 self.forget_direct_url(spec, snap.commit, file)
                 raise TransientError(f"{what}: CDN answered {status}; re-resolving")
             self._raise_for_status(status, reply_headers, what, spec.repo)
-            return _range_skip(status, reply_headers, start, file.size, what)
+            return range_skip(status, reply_headers, start, file.size, what)
 
         if not whole and not proxied(url):
             for _ in range(MAX_REDIRECTS + 1):
@@ -292,26 +292,6 @@ class HubSource:
 
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-
-
-def _range_skip(status: int, headers: Mapping[str, str], start: int, size: int, what: str) -> int:
-    """How many leading body bytes to drop: a server that ignores Range sends from zero."""
-    if status == 206:
-        content_range = headers.get("Content-Range", "")
-        try:
-            unit, _, spec = content_range.partition(" ")
-            first = int(spec.split("-", 1)[0])
-        except ValueError as exc:
-            raise TransientError(f"{what}: bad Content-Range {content_range!r}") from exc
-        if unit != "bytes" or first != start:
-            raise TransientError(f"{what}: asked for byte {start}, got {content_range!r}")
-        return 0
-    if status == 200:
-        length = headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) != size:
-            raise TransientError(f"{what}: server sent {length} bytes for a {size}-byte file")
-        return start
-    raise TransientError(f"{what}: unexpected HTTP {status}")
 
 
 def _body(response: httpx.Response, skip: int, want: int, what: str) -> Iterator[bytes]:

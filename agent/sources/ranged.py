@@ -186,3 +186,23 @@ class _HeaderView(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._msg)
+
+
+def range_skip(status: int, headers: Mapping[str, str], start: int, size: int, what: str) -> int:
+    """How many leading body bytes to drop: a server that ignores Range sends from zero."""
+    if status == 206:
+        content_range = headers.get("Content-Range", "")
+        try:
+            unit, _, spec = content_range.partition(" ")
+            first = int(spec.split("-", 1)[0])
+        except ValueError as exc:
+            raise TransientError(f"{what}: bad Content-Range {content_range!r}") from exc
+        if unit != "bytes" or first != start:
+            raise TransientError(f"{what}: asked for byte {start}, got {content_range!r}")
+        return 0
+    if status == 200:
+        length = headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) != size:
+            raise TransientError(f"{what}: server sent {length} bytes for a {size}-byte file")
+        return start
+    raise TransientError(f"{what}: unexpected HTTP {status}")

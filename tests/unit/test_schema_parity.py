@@ -249,7 +249,12 @@ NAMED: list[tuple[str, Values, bool]] = [
     ("source-abs", _values(defaults={"sources": ["/abs/dir", "hf"]}), True),
     ("source-relative", _values(defaults={"sources": ["models/dir"]}), False),
     ("source-home", _values(defaults={"sources": ["~/models"]}), False),
-    ("source-s3", _values(defaults={"sources": ["s3://x"]}), False),
+    ("source-s3-short-bucket", _values(defaults={"sources": ["s3://x"]}), False),
+    ("source-s3", _values(defaults={"sources": ["s3://models/prod", "hf"]}), True),
+    ("source-s3-bucket-only", _values([{"id": "a/b", "sources": ["s3://models"]}]), True),
+    ("source-s3-dotdot", _values(defaults={"sources": ["s3://models/a/../b"]}), False),
+    ("source-s3-empty-part", _values(defaults={"sources": ["s3://models/a//b"]}), False),
+    ("source-s3-query", _values(defaults={"sources": ["s3://models/a?versionId=1"]}), False),
     ("source-ftp", _values(defaults={"sources": ["ftp://x"]}), False),
     ("source-abs-with-scheme", _values(defaults={"sources": ["/a://b"]}), False),
     ("source-empty-list", _values(defaults={"sources": []}), False),
@@ -384,10 +389,14 @@ revisions = mostly(
 _source = mostly(
     st.sampled_from(
         ["hf", "/abs/dir", "file:///nfs", "file://localhost/nfs", "/", "file:///", "/a b", "/a?b"]
+        + ["s3://bkt", "s3://bkt/", "s3://My_Bkt.1/a/b/", "s3://bkt/..x/y", "s3://bkt/a(1)/b=2"]
     ),
     st.one_of(
         st.sampled_from(
             ["file://host/nfs", "relative/path", "./x", "~/x", "s3://x", "ftp://x", "HF", "/a://b"]
+        ),
+        st.sampled_from(
+            ["s3://a..b/x", "s3://bkt/./x", "s3://bkt/x/..", "s3://bkt//", "s3://bkt/a b", "S3://bkt", "s3:/bkt"]
         ),
         st.sampled_from(["file:///a?b", "file:///a#b", "file://", "", "/a\nb", "file:relative", "FILE:///x"]),
         st.sampled_from(["hf://x", "file:///a%20b", "file://[x/"]),
