@@ -56,11 +56,18 @@ def layouts_for(spec: ModelSpec) -> Iterator[ModelSpec]:
 def marker_names(spec: ModelSpec) -> list[str]:
     """Relative names of the markers that may describe `spec` in a tree written by preload (or
     pushed by it): for a pinned commit its own marker first, then the current one."""
-    names = []
-    if spec.pinned:
-        names.append(_RELATIVE.other_marker_path(spec, spec.revision).as_posix())
-    names.append(_RELATIVE.marker_path(spec).as_posix())
-    return names
+    names = [commit_marker_name(spec, spec.revision)] if spec.pinned else []
+    return [*names, current_marker_name(spec)]
+
+
+def current_marker_name(spec: ModelSpec) -> str:
+    """Relative name of the marker of a model's current revision."""
+    return _RELATIVE.marker_path(spec).as_posix()
+
+
+def commit_marker_name(spec: ModelSpec, commit: str) -> str:
+    """Relative name of the marker of one complete revision that is not the current one."""
+    return _RELATIVE.other_marker_path(spec, commit).as_posix()
 
 
 def file_names(spec: ModelSpec, commit: str, files: Iterable[RemoteFile]) -> dict[str, str]:

@@ -181,3 +181,15 @@ def test_warm_start_does_not_import_botocore(tmp_path: Path) -> None:
         check=True,
     )
     assert out.stdout.split() == ["0", "False", "False"], out.stderr
+
+
+@pytest.mark.parametrize(
+    ("size", "wanted", "part"),
+    [(1, 0, 8 << 20), (100 << 30, 0, 12 << 20), (1 << 40, 0, 117 << 20), (1 << 30, 64 << 20, 64 << 20)],
+)
+def test_push_part_sizes(size: int, wanted: int, part: int) -> None:
+    """Parts are 8 MiB (or as asked), raised in whole MiB so no file needs more than 9000 parts."""
+    from agent.ops.push import MAX_PARTS, part_size_for
+
+    assert part_size_for(size, wanted) == part
+    assert -(-size // part) <= MAX_PARTS

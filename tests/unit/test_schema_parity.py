@@ -396,7 +396,15 @@ _source = mostly(
             ["file://host/nfs", "relative/path", "./x", "~/x", "s3://x", "ftp://x", "HF", "/a://b"]
         ),
         st.sampled_from(
-            ["s3://a..b/x", "s3://bkt/./x", "s3://bkt/x/..", "s3://bkt//", "s3://bkt/a b", "S3://bkt", "s3:/bkt"]
+            [
+                "s3://a..b/x",
+                "s3://bkt/./x",
+                "s3://bkt/x/..",
+                "s3://bkt//",
+                "s3://bkt/a b",
+                "S3://bkt",
+                "s3:/bkt",
+            ]
         ),
         st.sampled_from(["file:///a?b", "file:///a#b", "file://", "", "/a\nb", "file:relative", "FILE:///x"]),
         st.sampled_from(["hf://x", "file:///a%20b", "file://[x/"]),
