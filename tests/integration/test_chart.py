@@ -173,7 +173,7 @@ def test_checkov_finds_nothing(
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "cache.hostPathType=File"], "hostPathType"),
         (["--set", "config.gc.highWatermarkPercent=150"], "highWatermarkPercent"),
-        (["--set", "config.defaults.sources[0]=s3://bucket"], "sources"),
+        (["--set", "config.defaults.sources[0]=s3://b"], "sources"),
         (["--set", "hf.tokenSecret.value=hf_abc"], "value"),
         (["--set", "service.internalTrafficPolicy=Global"], "internalTrafficPolicy"),
         (["--set", "agent.logFormat=xml"], "logFormat"),
