@@ -14,6 +14,9 @@ import threading
 
 ENV = "PRELOAD_CRASH_AT"
 POINTS = ("file_renamed", "before_fsync_dirs", "before_pointer", "before_marker", "after_marker")
+# A repair of recorded damage (Store.drop_damaged): after the bad files are deleted, and after
+# the record is cleared (before anything is refetched).
+REPAIR_POINTS = ("damage_files_removed", "damage_cleared")
 
 _reached: dict[str, int] = {}
 _lock = threading.Lock()

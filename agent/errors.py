@@ -71,6 +71,33 @@ class TransientError(PreloadError):
         self.retry_after = retry_after
 
 
+class ConnectionRefused(TransientError):
+    """Nothing accepts connections at the address: the server is down, or it is the wrong one.
+
+    Retried like any transient error, but a caller may give it a smaller budget
+    (`RetryPolicy.refused_attempts`): waiting a minute for a host that is not there helps nobody.
+    """
+
+
+def transport_error(what: str, host: str, exc: BaseException) -> TransientError:
+    """The error for a connection-level failure talking to `host`, which the message names (the
+    exception alone rarely does); a refused connection is a ConnectionRefused."""
+    cls = ConnectionRefused if _refused(exc) else TransientError
+    return cls(f"{what}: {host}: {type(exc).__name__}: {exc}")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ECONNREFUSED is anywhere in the chain (httpx wraps the OSError twice)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ConnectionRefusedError):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 class DeadlineExceeded(PreloadError):
     """The overall --timeout ran out."""
 

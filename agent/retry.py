@@ -4,7 +4,9 @@ Attempt n (1-based) is followed by a wait drawn uniformly from [cap/2, cap], whe
 cap = min(max_wait, initial_wait * 2**(n-1)); a server's Retry-After or RateLimit reset
 replaces it (capped at MAX_RETRY_AFTER). `PRELOAD_RETRY_SCALE` multiplies every wait (0 makes
 retries instant in tests); `PRELOAD_RETRY_MAX_TIME` (seconds) sets the total-time bound: no
-retry starts whose wait would end past it.
+retry starts whose wait would end past it. A refused connection may have a smaller attempt
+budget of its own (`refused_attempts`), for callers that should not wait long for a host that
+is not there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     import tenacity
 
 from agent import log
-from agent.errors import DeadlineExceeded, TransientError
+from agent.errors import ConnectionRefused, DeadlineExceeded, TransientError
 
 T = TypeVar("T")
 MAX_RETRY_AFTER = 120.0
@@ -50,6 +52,7 @@ class RetryPolicy:
     initial_wait: float = 0.5
     max_wait: float = 30.0
     deadline: float | None = None  # time.monotonic() after which nothing is retried
+    refused_attempts: int | None = None  # attempts while connections are refused; None: `attempts`
 
     def scale(self) -> float:
         """Wait multiplier from the environment (tests set 0)."""
@@ -97,10 +100,19 @@ def call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
         for listener in _listeners:
             listener(what)
 
+    # stop_before_delay counts the coming wait: no retry is started past the time bound.
+    bounds = tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_before_delay(policy.total_seconds)
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        if bounds(state):
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        refused = policy.refused_attempts
+        return refused is not None and isinstance(exc, ConnectionRefused) and state.attempt_number >= refused
+
     retryer = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(TransientError),
-        # stop_before_delay counts the coming wait: no retry is started past the time bound.
-        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_before_delay(policy.total_seconds),
+        stop=stop,
         wait=_wait(policy),
         before_sleep=before_sleep,
         reraise=True,

@@ -61,8 +61,9 @@ def preload(
 
     Everything that can fail before a byte is worth writing (resolving, listing, selecting,
     the free-space check) runs before DIR is touched: a bad id, a gated repo, a hostile
-    listing or a full disk leaves DIR as it was. Then the model's lock is taken and the
-    transfer runs; sources are tried in order, the last one's error is the one reported.
+    listing or a full disk leaves DIR as it was. Then the model's lock is taken, the files a
+    check recorded as bad are deleted (so they are refetched, and only they) and the transfer
+    runs; sources are tried in order, the last one's error is the one reported.
     """
     started = time.monotonic()
     store = Store(dest)
@@ -118,7 +119,8 @@ def preload(
 def _take_lock(
     held: contextlib.ExitStack, store: Store, spec: ModelSpec, deadline: float | None, logger: log.Logger
 ) -> None:
-    """Hold the model's lock until `held` closes, logging the wait at once, then every 10 s."""
+    """Hold the model's lock until `held` closes, logging the wait at once, then every 10 s;
+    then delete what checks recorded as bad, which is only safe to do under the lock."""
     last = [0.0]
 
     def on_wait(waited: float) -> None:
@@ -128,6 +130,9 @@ def _take_lock(
 
     if not held.enter_context(store.lock(spec, deadline, on_wait)):
         raise DeadlineExceeded(f"timed out waiting for another preload of {spec.repo} to finish")
+    dropped = store.drop_damaged(spec)
+    if dropped:
+        logger.info("damaged_files_removed", files=dropped, action="refetch")
 
 
 def _transfer(

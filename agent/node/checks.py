@@ -1,12 +1,14 @@
 """Periodic verification of ready models: one fast check at a time, in a background thread.
 
 The check itself never touches the model's record; the loop applies its finding: a sound model
-stays ready (VERIFIED), a damaged one goes back to pending to be repaired (DAMAGED).
+stays ready (VERIFIED), a damaged one goes back to pending to be repaired (DAMAGED). What a check
+finds bad is recorded in the store (its damage record), so it is not forgotten by a restart and
+the repairing preload refetches exactly those files. A record written by someone else (`preload
+verify` beside the agent) is noticed at the next tick: every reader honours it, so must we.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 import time
@@ -112,12 +114,23 @@ class Checks:
             error = f"damaged: missing, wrong size or changed: {', '.join(bad[:5]) or '(pointer)'}"
             self._table.transition(entry, Change.DAMAGED, error=error, seconds=seconds)
 
+    def notice_damage(self) -> None:
+        """Take back the readiness of every ready model whose commit has a damage record."""
+        for entry in self._table.entries():
+            if entry.state is not ModelState.READY or entry.commit is None:
+                continue
+            found = self._store.damage(entry.model.spec, entry.commit)
+            if found is not None:
+                error = f"damaged: found by {found.found_by}: {', '.join(found.paths[:5]) or '(record)'}"
+                self._table.transition(entry, Change.DAMAGED, error=error)
+
     def _changed_files(self, spec: ModelSpec, m: Manifest) -> list[str]:
-        """Files modified since publish whose hash no longer matches; deleted so a repair refetches them.
+        """Files modified since publish whose hash no longer matches, or that are not the manifest's.
 
         Sizes alone miss same-size damage; a later mtime is what a stat can still see, and only
-        those files are re-hashed (as `preload verify` does). Skipped while another process
-        holds the model's lock.
+        those files are re-hashed (as `preload verify` does). What is bad is recorded in the
+        store, for every reader and for the repair. Skipped while another process holds the
+        model's lock.
         """
         with self._store.lock(spec, deadline=0) as got:
             if not got:
@@ -125,10 +138,7 @@ class Checks:
             report = verify.verify(self._store, spec, cancel=self._stop)
             if report.commit != m.commit:
                 return []
-            if report.touched and not report.corrupt:
-                verify.record(self._store, spec, report)  # intact: do not re-hash it every interval
-            for p in self._store.placements(spec, m.commit, m.files):
-                if p.file.path in report.corrupt:
-                    with contextlib.suppress(FileNotFoundError):
-                        p.final.unlink()
-            return list(report.corrupt)
+            if report.touched or not report.sound:
+                # Intact: not re-hashed every interval. Damaged: not ready until repaired.
+                verify.record(self._store, spec, report, found_by="agent")
+            return sorted({*report.corrupt, *report.missing, *report.extra})

@@ -119,6 +119,7 @@ class Daemon:
         self._reconciler.poll(now)
         self._workers.reap()
         self._checks.reap()
+        self._checks.notice_damage()
         self._workers.count_transfers()
         self._checks.start_due(now)
         self._workers.start_due(now)

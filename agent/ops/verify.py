@@ -2,13 +2,16 @@
 
 Fast mode trusts sizes and modification times: a file is re-hashed only when it changed after
 the model was published (or last verified sound). Deep mode re-hashes every file, files in
-parallel (hashlib releases the GIL). Repair deletes only the bad files and refetches them
-through the normal preload path, pinned to the published commit, then republishes.
+parallel (hashlib releases the GIL). Either way a file an earlier check recorded as bad (the
+store's damage record) is corrupt until repaired, whatever its size and mtime say.
+
+`record` writes a finding down: the last verification for `status`, and what was bad as the
+store's damage record, which every reader honours. Repair is a preload pinned to the published
+commit: under the lock it deletes exactly the recorded files, refetches them and republishes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +28,7 @@ from agent.manifest import Manifest, RemoteFile
 from agent.sources.base import SourceFactory
 from agent.spec import COMMIT_RE, ModelSpec
 from agent.store import Placement, Store, verified
+from agent.store.damaged import Damage
 from agent.store.verified import LastVerified
 
 # Marker timestamps are kept to the millisecond and file systems round mtimes: allow for both.
@@ -112,6 +116,7 @@ def verify(
         return report
     report.marker = True
     trusted_until = max(m.completed_at, _sound_since(store, spec, m))
+    recorded = store.damage(spec, m.commit)
     to_hash: list[Placement] = []
     for p in _unique(store.placements(spec, m.commit, m.files)):
         if cancel is not None and cancel.is_set():
@@ -121,7 +126,7 @@ def verify(
         except OSError:
             report.missing.append(p.file.path)
             continue
-        if st.st_size != p.file.size:
+        if st.st_size != p.file.size or (recorded is not None and recorded.condemns(p.file.path)):
             report.corrupt.append(p.file.path)
         elif deep or st.st_mtime > trusted_until + MTIME_SLACK:
             to_hash.append(p)
@@ -142,13 +147,25 @@ def verify(
     return report
 
 
-def record(store: Store, spec: ModelSpec, report: VerifyReport) -> None:
-    """Remember when this commit was last verified (a read-only DIR just skips it)."""
+def record(store: Store, spec: ModelSpec, report: VerifyReport, found_by: str = "verify") -> None:
+    """Remember when this commit was last verified and, if it is not sound, what was bad, so every
+    reader sees the model as damaged until a repair (a read-only DIR skips both, with a warning).
+
+    The damage is written first: it is what readers act on.
+    """
     if not report.marker or report.commit is None:
         return
-    last = LastVerified(report.commit, time.time(), report.deep, report.sound)
+    now = time.time()
+    m = store.read_marker(spec)
     try:
-        verified.record(store.root, spec, last)
+        if not report.sound and m is not None and m.commit == report.commit:
+            # Only the manifest's files: a broken `dir` link is no file, and publishing fixes it.
+            listed = {f.path for f in m.files}
+            bad = tuple(sorted(n for n in {*report.missing, *report.corrupt} if n in listed))
+            if bad or report.extra:
+                how = f"{found_by} ({'deep' if report.deep else 'fast'})"
+                store.record_damage(spec, Damage(report.commit, bad, tuple(report.extra), how, now))
+        verified.record(store.root, spec, LastVerified(report.commit, now, report.deep, report.sound))
     except OSError as exc:
         log.get().warning("verify_not_recorded", repo=spec.repo, error=exc.strerror)
 
@@ -160,14 +177,17 @@ def repair(
     sources: Sequence[SourceFactory],
     opts: PreloadOptions,
 ) -> VerifyReport:
-    """Delete the bad files of `report`, refetch them from `sources`, republish; then re-check."""
+    """Refetch the bad files of `report` from `sources` and republish; then re-check.
 
+    The finding is recorded first (if the caller has not): the preload deletes exactly the
+    recorded files under the model's lock, so a repair that fails or is killed leaves the model
+    not ready rather than trusted again.
+    """
     m = store.read_marker(spec)
     if m is None or report.sound or report.commit != m.commit:
         return report
     bad = [*report.missing, *report.corrupt]
-    with store.lock(spec):
-        _delete(store, spec, m, set(bad), report.extra)
+    record(store, spec, report)
     # Pinned to the published commit, so a branch that moved on meanwhile does not turn a repair
     # into an upgrade; a source-computed id is no hub revision, so that one goes by its branch.
     fetch_spec = replace(spec, revision=m.commit) if COMMIT_RE.match(m.commit) else spec
@@ -182,22 +202,6 @@ def repair(
         "verify_repaired", repo=spec.repo, files=after.repaired, fetched_bytes=result.fetched_bytes
     )
     return after
-
-
-def _delete(store: Store, spec: ModelSpec, m: Manifest, bad: set[str], extra: list[str]) -> None:
-    layout = store.layout(spec)
-    for f in m.files:
-        if f.path in bad:
-            for path in layout.file_paths(spec, m.commit, f):
-                _unlink(path)
-    base = layout.files_dir(spec, m.commit)
-    for rel in extra:
-        _unlink(base / rel)
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 def _unique(placements: list[Placement]) -> list[Placement]:

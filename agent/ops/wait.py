@@ -85,6 +85,10 @@ def _why_not_ready(store: Store, spec: ModelSpec, any_revision: bool) -> str:
         return f"no valid completion marker{busy}"
     if not any_revision and spec.revision not in (m.revision, m.commit):
         return f"published revision is {m.revision} ({m.commit[:12]}), not {spec.revision}"
+    found = store.damage(spec, m.commit)
+    if found is not None:
+        names = ", ".join(found.paths[:5]) or "(unreadable record)"
+        return f"{found.found_by} found {m.commit[:12]} damaged ({names}); a preload repairs it"
     return f"the published copy of {m.commit[:12]} is incomplete (files missing or the wrong size)"
 
 

@@ -20,6 +20,7 @@ from agent.errors import (
     NotFoundError,
     PreloadError,
     TransientError,
+    transport_error,
 )
 from agent.integrity import GIT_SHA1, SHA256, Digest, safe_relpath
 from agent.manifest import RemoteFile, public_endpoint
@@ -95,6 +96,7 @@ class HubSource:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PreloadError(f"invalid endpoint {public_endpoint(self.endpoint)!r}: need http(s)://host")
         self._origin = (parts.scheme, parts.netloc)
+        self._host = _host(self.endpoint)  # named in connection errors
         self._token = token
         log.register_secret(token)
         headers = {"User-Agent": f"model-cache-preloader/{__version__}", "Accept-Encoding": "identity"}
@@ -163,7 +165,7 @@ class HubSource:
         except httpx.TooManyRedirects as exc:
             raise PreloadError(f"{what}: too many redirects (redirect loop?)") from exc
         except httpx.TransportError as exc:
-            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise transport_error(what, self._host, exc) from exc
         self._raise_for(response, what, repo)
         try:
             return response.json(), response
@@ -230,7 +232,7 @@ class HubSource:
                 try:
                     response = self._client.head(url, headers=self._headers(url), follow_redirects=False)
                 except httpx.TransportError as exc:
-                    raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                    raise transport_error(what, _host(url), exc) from exc
                 self._raise_for(response, what, spec.repo)
                 location = response.headers.get("Location") if response.is_redirect else None
                 if not location:
@@ -288,7 +290,12 @@ class HubSource:
         except httpx.TooManyRedirects as exc:
             raise PreloadError(f"{what}: too many redirects (redirect loop?)") from exc
         except httpx.TransportError as exc:
-            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise transport_error(what, _host(url), exc) from exc
+
+
+def _host(url: str) -> str:
+    """HOST[:PORT] of a URL, without credentials: what a connection error names."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 _REDIRECTS = {301, 302, 303, 307, 308}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from agent.buffers import BufferPool
-from agent.errors import TransientError
+from agent.errors import TransientError, transport_error
 
 # readinto fills it before returning, so every block but a body's last is this long: a
 # multiple of the page size that the transfer writes with O_DIRECT as it is. Bytes held
@@ -146,7 +146,7 @@ class RangedReader:
         except (OSError, http.client.HTTPException) as exc:
             if conn is not None:
                 conn.close()
-            raise TransientError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            raise transport_error(what, parts.netloc.rpartition("@")[2], exc) from exc
         reply = Reply(response.status, _HeaderView(response.msg))
         body: Body | None = None
         try:

@@ -148,13 +148,15 @@ class LayoutStrategy(ABC):
 
     def eviction(self, spec: ModelSpec) -> tuple[Path, ...]:
         """Everything removed to evict a model, in order: readers stop seeing it (pointer, then
-        markers) before its files go, and its staging goes last."""
+        markers) before its files go, its damage records only once the files are gone, and its
+        staging last."""
         paths = self.paths
         return (
             *self.pointers(spec),
             paths.marker(spec),
             paths.other_markers_dir(spec),
             self.data(spec),
+            paths.damaged_dir(spec),
             paths.staging(spec),
         )
 

@@ -6,6 +6,7 @@
 .preload/markers/<layout>/ORG/NAME.json       the manifest; written last, atomically
 .preload/markers/<layout>/ORG/NAME/<commit>.json   other complete revisions (kept until GC)
 .preload/verified/<layout>/ORG/NAME.json      the last `verify` of the current commit
+.preload/damaged/<layout>/ORG/NAME/<commit>.json   what a check found bad, until a repair
 .preload/used/<layout>/ORG/NAME               its mtime is the model's last use
 """
 
@@ -18,7 +19,7 @@ from agent.spec import Layout, ModelSpec
 
 STATE = ".preload"
 _LOCKS, _STAGING, _VERSIONS, _MARKERS = "locks", "staging", "versions", "markers"
-_VERIFIED, _USED = "verified", "used"
+_VERIFIED, _USED, _DAMAGED = "verified", "used", "damaged"
 _MARKER_SUFFIX = ".json"
 
 
@@ -112,6 +113,18 @@ class CachePaths:
     def verified(self, spec: ModelSpec) -> Path:
         """The record of the last `verify` of a model."""
         return self.state / _VERIFIED / spec.layout.value / spec.org / f"{spec.name}{_MARKER_SUFFIX}"
+
+    def damaged_dir(self, spec: ModelSpec) -> Path:
+        """The damage records of a model's commits."""
+        return self.state / _DAMAGED / spec.layout.value / spec.org / spec.name
+
+    def damaged(self, spec: ModelSpec, commit: str) -> Path:
+        """The record of what a check found bad in one commit (agent.store.damaged)."""
+        return self.damaged_dir(spec) / f"{commit}{_MARKER_SUFFIX}"
+
+    def damaged_files(self, spec: ModelSpec) -> list[Path]:
+        """Every damage record of a model, sorted by path."""
+        return sorted(self.damaged_dir(spec).glob(f"*{_MARKER_SUFFIX}"))
 
     def used(self, repo: str, layout: Layout) -> Path:
         """The record of a model's last use."""

@@ -2,7 +2,7 @@
 
 Everything that asks "is this model ready?" asks this module. It composes the parts of the
 store: `CachePaths` (the state directory), one `LayoutStrategy` per layout (where files and
-pointers are), `markers` (completion), `locks` and `space`.
+pointers are), `markers` (completion), `damaged` (what checks found bad), `locks` and `space`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from agent import crashpoints
 from agent.errors import UsageError
 from agent.manifest import Manifest, RemoteFile
 from agent.spec import ModelSpec
-from agent.store import locks, markers, space
-from agent.store.fs import atomic_write, existing_ancestor
+from agent.store import damaged, locks, markers, space
+from agent.store.damaged import Damage
+from agent.store.fs import atomic_write, existing_ancestor, fsync_dir, make_dirs
 from agent.store.layouts import HfRepo, LayoutStrategy, strategies
 from agent.store.paths import CachePaths
 
@@ -61,12 +62,15 @@ class Store:
             raise UsageError(f"destination {self.root} is not writable")
 
     def prepare(self) -> None:
-        """`check_dest`, then create DIR if needed and lay out our state dir."""
+        """`check_dest`, then create DIR if needed and lay out our state dir.
+
+        New directories get DIR_MODE whatever the umask: the model server, often another uid,
+        must traverse DIR and .preload to reach the files.
+        """
         self.check_dest()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
             for d in self.paths.state_dirs():
-                d.mkdir(parents=True, exist_ok=True)
+                make_dirs(d)
         except OSError as exc:
             raise UsageError(f"destination {self.root} is not writable: {exc.strerror}") from exc
 
@@ -176,16 +180,66 @@ class Store:
         return self.layout(spec).reader_path(spec, m)
 
     def fast_check(self, spec: ModelSpec, m: Manifest) -> list[str]:
-        """Paths that are missing or have the wrong size (no hashing)."""
-        bad = []
+        """Paths that are missing, have the wrong size, or that a check recorded as bad (no
+        hashing). The one test of a published commit's files that every reader goes through."""
+        found = self.damage(spec, m.commit)
+        bad = set(found.extra) if found is not None else set()
         base = self.layout(spec).files_dir(spec, m.commit)
         for f in m.files:
+            if found is not None and found.condemns(f.path):
+                bad.add(f.path)
+                continue
             try:
                 if (base / f.path).stat().st_size != f.size:
-                    bad.append(f.path)
+                    bad.add(f.path)
             except OSError:
-                bad.append(f.path)
-        return bad
+                bad.add(f.path)
+        return sorted(bad)
+
+    # -- damage ----------------------------------------------------------------------
+
+    def damage(self, spec: ModelSpec, commit: str) -> Damage | None:
+        """What a check recorded as bad in `commit`, until a repair clears it."""
+        return damaged.read(self.paths, spec, commit)
+
+    def record_damage(self, spec: ModelSpec, damage: Damage) -> None:
+        """Remember durably what a check found bad: from now on the commit is not ready for any
+        reader until a preload repairs it. Raises OSError where DIR is not writable."""
+        damaged.record(self.paths, spec, damage)
+
+    def drop_damaged(self, spec: ModelSpec) -> list[str]:
+        """Delete the files the model's damage records name, then the records (under the lock,
+        before planning: the transfer then refetches exactly those files). Returns their names.
+
+        Order is what makes it crash-safe: the files go (and their directories are fsynced)
+        before the record does, so at every moment one of the two keeps the commit from being
+        ready; the record is only cleared once nothing bad it names is left to be trusted.
+        """
+        layout, dropped = self.layout(spec), []
+        for commit in damaged.commits(self.paths, spec):
+            found = self.damage(spec, commit)
+            m = self._manifest_of(spec, commit)
+            if found is not None and m is not None:
+                condemned = [f for f in m.files if found.condemns(f.path)]
+                doomed = [p for f in condemned for p in layout.file_paths(spec, commit, f)]
+                doomed += [layout.files_dir(spec, commit) / rel for rel in found.extra]
+                for path in doomed:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                for d in sorted({p.parent for p in doomed if p.parent.is_dir()}):
+                    fsync_dir(d)
+                dropped += [f.path for f in condemned] + list(found.extra)
+            crashpoints.reached("damage_files_removed")
+            damaged.clear(self.paths, spec, commit)
+            crashpoints.reached("damage_cleared")
+        return sorted(set(dropped))
+
+    def _manifest_of(self, spec: ModelSpec, commit: str) -> Manifest | None:
+        """The marker of one published commit, current or not."""
+        current = self.read_marker(spec)
+        if current is not None and current.commit == commit:
+            return current
+        return markers.read(self.paths, spec, self.paths.other_marker(spec, commit))
 
     def published_files(self, spec: ModelSpec) -> dict[str, Path]:
         """Content hash -> path of every file of the currently published revision (verified once)."""

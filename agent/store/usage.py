@@ -1,15 +1,19 @@
 """Last-use records that garbage collection orders by: DIR/.preload/used/<layout>/ORG/NAME.
 
 A record is an empty file whose mtime is the last successful `preload` or `wait`
-of the model. Recording is best effort: a reader's cache mount may be read-only.
+of the model. Recording is best effort: a reader's cache mount may be read-only. Like
+everything under DIR, records and their directories are readable by every uid whatever the
+umask (FILE_MODE, DIR_MODE): `status` and `gc` may run as another user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from agent.spec import Layout, ModelSpec
+from agent.store.fs import FILE_MODE, make_dirs
 from agent.store.paths import CachePaths
 
 
@@ -22,8 +26,15 @@ def touch(root: Path, spec: ModelSpec) -> None:
     """Record that `spec` was used now; silently skipped where DIR is not writable."""
     path = record_path(root, spec.repo, spec.layout)
     with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        try:
+            os.utime(path)  # the owner may set the time of a read-only file
+        except FileNotFoundError:
+            make_dirs(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)  # os.open's mode is filtered by the umask; fchmod's is not
+            finally:
+                os.close(fd)
 
 
 def last_used(root: Path, repo: str, layout: Layout) -> float | None:

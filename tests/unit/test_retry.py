@@ -125,3 +125,29 @@ def test_total_time_bound_comes_from_the_environment(monkeypatch: pytest.MonkeyP
     assert retry.RetryPolicy().total_seconds == 2.5
     monkeypatch.setenv("PRELOAD_RETRY_MAX_TIME", "soon")
     assert retry.RetryPolicy().total_seconds == 600.0
+
+
+def test_refused_connections_have_their_own_smaller_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With refused_attempts, a refused connection stops early; other transient errors keep the
+    whole budget; the error says it was refused and names the host."""
+    import httpx
+
+    from agent.errors import ConnectionRefused, transport_error
+
+    monkeypatch.setenv("PRELOAD_RETRY_SCALE", "0")
+    with pytest.raises(httpx.ConnectError) as caught:
+        httpx.get("http://127.0.0.1:9/", timeout=2)
+    refused = transport_error("listing x", "127.0.0.1:9", caught.value)
+    assert isinstance(refused, ConnectionRefused) and "127.0.0.1:9" in str(refused)
+    policy = retry.RetryPolicy(refused_attempts=3)
+    for error, attempts in ((refused, 3), (TransientError("503"), 8)):
+        calls: list[int] = []
+
+        def fail(error: TransientError = error, calls: list[int] = calls) -> None:
+            calls.append(1)
+            raise error
+
+        with pytest.raises(TransientError):
+            retry.call(fail, policy, "x")
+        assert len(calls) == attempts
+    assert not isinstance(transport_error("x", "h", OSError("reset")), ConnectionRefused)

@@ -67,7 +67,7 @@ def test_dir_layout_paths_and_pointer(store: Store) -> None:
 
 
 def test_dir_layout_eviction_hides_the_model_before_its_files(store: Store) -> None:
-    """Pointer, then markers, then the files, then staging."""
+    """Pointer, then markers, then the files, then their damage records, then staging."""
     spec = ModelSpec("a/b")
     paths = CachePaths(store.root)
     assert store.layout(spec).eviction(spec) == (
@@ -75,6 +75,7 @@ def test_dir_layout_eviction_hides_the_model_before_its_files(store: Store) -> N
         paths.marker(spec),
         paths.other_markers_dir(spec),
         paths.versions(spec),
+        paths.damaged_dir(spec),
         paths.staging(spec),
     )
 
