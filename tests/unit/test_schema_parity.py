@@ -388,8 +388,10 @@ revisions = mostly(
 )
 _source = mostly(
     st.sampled_from(
-        ["hf", "/abs/dir", "file:///nfs", "file://localhost/nfs", "/", "file:///", "/a b", "/a?b"]
-        + ["s3://bkt", "s3://bkt/", "s3://My_Bkt.1/a/b/", "s3://bkt/..x/y", "s3://bkt/a(1)/b=2"]
+        [
+            *("hf", "/abs/dir", "file:///nfs", "file://localhost/nfs", "/", "file:///", "/a b", "/a?b"),
+            *("s3://bkt", "s3://bkt/", "s3://My_Bkt.1/a/b/", "s3://bkt/..x/y", "s3://bkt/a(1)/b=2"),
+        ]
     ),
     st.one_of(
         st.sampled_from(
