@@ -71,6 +71,11 @@ class TransientError(PreloadError):
         self.retry_after = retry_after
 
 
+class Throttled(TransientError):
+    """The server asked us to slow down (HTTP 429, 503): retried, and a transfer opens fewer
+    connections to it from then on."""
+
+
 class ConnectionRefused(TransientError):
     """Nothing accepts connections at the address: the server is down, or it is the wrong one.
 

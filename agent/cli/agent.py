@@ -36,8 +36,8 @@ def agent_command(
     """Keep this node's cache matching the config; serve /livez, /readyz, /v1/models, /metrics.
 
     The transfer options of `preload` itself (--endpoint, --token-file, --max-workers, --chunk-size,
-    --read-timeout, --drop-cache, --progress-interval) apply to the agent's preloads: give them
-    before `agent` or through their environment twins.
+    --max-request-span, --read-timeout, --drop-cache, --progress-interval) apply to the agent's
+    preloads: give them before `agent` or through their environment twins.
     """
     from agent.engine.preload import PreloadOptions
     from agent.node.api import parse_listen
@@ -56,6 +56,7 @@ def agent_command(
         check_token_file(root["token_file"]),
         root["max_workers"],
         root["read_timeout"] or 30.0,
+        root["max_request_span"],
     )
     daemon = Daemon(config_path, dest, hub, opts, max_concurrent)
     sys.exit(serve(daemon, address))

@@ -26,6 +26,7 @@ TRANSFER_OPTIONS = (
     "token_file",
     "max_workers",
     "chunk_size",
+    "max_request_span",
     "read_timeout",
     "drop_cache",
     "progress_interval",
@@ -186,9 +187,11 @@ def source_option(help: str) -> Callable[[F], F]:
     return opt("--source", "sources", env="PRELOAD_SOURCE", multiple=True, show_default="hf", help=help)
 
 
-def max_workers_option(help: str) -> Callable[[F], F]:
-    """--max-workers 1..128 (PRELOAD_MAX_WORKERS), 16 by default."""
-    return opt("--max-workers", env="PRELOAD_MAX_WORKERS", type=click.IntRange(1, 128), default=16, help=help)
+def max_workers_option(help: str, default: int = 16, most: int = 128) -> Callable[[F], F]:
+    """--max-workers 1..`most` (PRELOAD_MAX_WORKERS), `default` (16) by default."""
+    return opt(
+        "--max-workers", env="PRELOAD_MAX_WORKERS", type=click.IntRange(1, most), default=default, help=help
+    )
 
 
 timeout_option = opt(
@@ -257,18 +260,29 @@ def check_token_file(path: Path | None) -> str | None:
 
 
 def hub_factory(
-    endpoint: str, token_file: str | None, max_workers: int, read_timeout: float = 30.0
+    endpoint: str,
+    token_file: str | None,
+    max_workers: int,
+    read_timeout: float = 30.0,
+    max_span: int | None = None,
 ) -> SourceFactory:
-    """A factory for the hub source, for commands that may need to fetch.
+    """A factory for the hub source, for commands that may need to fetch (`max_span`: the longest
+    range one request may ask for; None: the source's default).
 
     The import is deferred to the first call: httpx is not needed when the model is already complete
     (warm start).
     """
 
     def hub() -> Source:
-        from agent.sources.hub import HubSource, default_token
+        from agent.sources.hub import MAX_SPAN, HubSource, default_token
 
         token = default_token(token_file)
-        return HubSource(endpoint, token, read_timeout=read_timeout, max_connections=max_workers)
+        return HubSource(
+            endpoint,
+            token,
+            read_timeout=read_timeout,
+            max_connections=max_workers,
+            max_span=max_span or MAX_SPAN,
+        )
 
     return hub

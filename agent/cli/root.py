@@ -115,7 +115,12 @@ def _passed_on(
 )
 @endpoint_option
 @token_file_option
-@max_workers_option("Parallel connections.")
+@max_workers_option(
+    "Most connections per download: each file starts as one stream and ranged connections are "
+    "added while the aggregate rate rises (backing off on 429/503 and rising latency), up to this.",
+    default=128,
+    most=512,
+)
 @opt(
     "--chunk-size",
     env="PRELOAD_CHUNK_SIZE",
@@ -124,6 +129,14 @@ def _passed_on(
     help="Range size for splitting large files, e.g. 64MiB or 100MB; auto spreads --max-workers "
     "connections over the files by size (a file gets one stream when there are more files than "
     "connections).",
+)
+@opt(
+    "--max-request-span",
+    env="PRELOAD_MAX_REQUEST_SPAN",
+    type=ByteSize(),
+    default="16GiB",
+    help="Longest byte range asked for in one HTTP request; longer ranges become consecutive "
+    "requests (the hub's CDN serves at most 50 GB per GET).",
 )
 @timeout_option
 @opt(
@@ -196,7 +209,9 @@ def run_preload(**kw: Any) -> None:
         progress_interval=kw["progress_interval"] or 5.0,
         drop_cache=kw["drop_cache"],
     )
-    hub = hub_factory(endpoint, token_file, kw["max_workers"], kw["read_timeout"] or 30.0)
+    hub = hub_factory(
+        endpoint, token_file, kw["max_workers"], kw["read_timeout"] or 30.0, kw["max_request_span"]
+    )
     sources = factories(kw["sources"], hub, kw["drop_cache"], kw["max_workers"], kw["read_timeout"] or 30.0)
     preload(spec, dest, sources, opts)
     usage.touch(dest, spec)  # garbage collection evicts the least recently used first

@@ -39,6 +39,11 @@ class Backend(Protocol):
         """Per-connection rate cap on CDN bodies."""
         ...
 
+    @property
+    def max_span(self) -> int | None:
+        """Longest file body one GET may ask for (longer: HTTP 400)."""
+        ...
+
     def answer(self, role: Role, target: str, headers: Message[str, str]) -> Reply:
         """The reply to a request, before any fault."""
         ...
@@ -139,7 +144,7 @@ class Handler(BaseHTTPRequestHandler):
         reply = Reply("other", 500, [])
         fault: Fault | None = None
         try:
-            reply = backend.answer(self.server.role, self.path, self.headers)
+            reply = self._limited(backend.answer(self.server.role, self.path, self.headers))
             fault = backend.take_fault(reply, self.command, path)
             if fault is not None and fault.replaces_reply:
                 reply = self._fault_reply(reply.kind, fault)
@@ -165,6 +170,20 @@ class Handler(BaseHTTPRequestHandler):
                     finished=time.monotonic(),
                 ),
             )
+
+    def _limited(self, reply: Reply) -> Reply:
+        """A GET of a file body longer than the backend's max_span is refused, as the CDN does."""
+        limit = self.server.backend.max_span
+        if (
+            self.command != "GET"
+            or limit is None
+            or not isinstance(reply.body, Span)
+            or reply.length <= limit
+        ):
+            return reply
+        return error_reply(
+            reply.kind, 400, None, f"request span {reply.length} exceeds the {limit}-byte limit"
+        )
 
     def _fault_reply(self, kind: Kind, fault: Fault) -> Reply:
         headers = list(fault.headers.items())

@@ -38,9 +38,12 @@ class HubServer:
         tree_page_size: int = 1000,
         cdn_rate_limit_bps: int | None = None,
         cdn_url_ttl: float = 3600.0,
+        max_span: int | None = None,
     ) -> None:
         self.host = host
         self.cdn_rate_limit_bps = cdn_rate_limit_bps
+        # Like the hub's CDN, which serves at most 50 GB per GET: a longer file body is a 400.
+        self.max_span = max_span
         self._faults = FaultQueue()
         self._log = RequestLog()
         self._stopping = threading.Event()

@@ -26,7 +26,7 @@ from agent.units import fmt_bytes
 class PreloadOptions:
     """Everything about how (not what) to preload."""
 
-    max_workers: int = 16
+    max_workers: int = 128  # the most connections per download (the splitter settles below it)
     chunk_size: int = 0  # 0: chosen per file by the transfer
     timeout: float = 0.0  # whole operation; 0 = no limit
     refresh: bool = False
@@ -48,6 +48,7 @@ class PreloadResult:
     fetched_bytes: int
     seconds: float
     already_complete: bool
+    connections: int = 0  # the most connections the transfer ran at once
 
 
 def preload(
@@ -103,7 +104,17 @@ def preload(
                 m = _transfer(spec, store, source, snap, skipped, placements, opts, policy, progress, logger)
                 path = store.publish(spec, m)
                 store.remove_staging(spec)
-                return _done(logger, store, spec, m, progress.fetched, started, already=False, path=path)
+                return _done(
+                    logger,
+                    store,
+                    spec,
+                    m,
+                    progress.fetched,
+                    started,
+                    already=False,
+                    path=path,
+                    connections=progress.peak_connections,
+                )
             except (DeadlineExceeded, Cancelled):
                 raise  # no other source can do better against the same clock or a stop request
             except PreloadError as exc:
@@ -191,6 +202,7 @@ def _done(
     *,
     already: bool,
     path: Path | None = None,
+    connections: int = 0,
 ) -> PreloadResult:
     seconds = time.monotonic() - started
     path = path or store.reader_path(spec, m)
@@ -205,5 +217,6 @@ def _done(
         seconds=round(seconds, 3),
         mb_per_s=round(fetched / seconds / 1e6, 1) if seconds > 0 and fetched else 0.0,
         already_complete=already,
+        connections=connections,
     )
-    return PreloadResult(m, path, fetched, seconds, already)
+    return PreloadResult(m, path, fetched, seconds, already, connections)

@@ -19,6 +19,8 @@ class Progress:
     fetched: int = 0
     files_total: int = 0
     files_done: int = 0
+    connections: int = 0  # requests running now (streams and helpers)
+    peak_connections: int = 0
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -32,6 +34,13 @@ class Progress:
         """Count `n` bytes found on disk from an earlier run."""
         with self._lock:
             self.done += n
+
+    def connection(self, delta: int) -> int:
+        """Count a connection opened (+1) or closed (-1); the count now."""
+        with self._lock:
+            self.connections += delta
+            self.peak_connections = max(self.peak_connections, self.connections)
+            return self.connections
 
     def file_finished(self) -> None:
         """Count one file published into place."""
@@ -80,4 +89,5 @@ class ProgressReporter:
                 eta_s=round(left / rate) if rate > 0 else None,
                 files_done=p.files_done,
                 files_total=p.files_total,
+                connections=p.connections,
             )

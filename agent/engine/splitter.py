@@ -1,7 +1,10 @@
-"""How files are cut into chunks, and when idle workers split them into ranged requests."""
+"""How files are cut into chunks, and how many connections a transfer keeps: the splitter adds
+ranged connections while the aggregate rate rises, then holds the count it settled on."""
 
 from __future__ import annotations
 
+import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -11,7 +14,13 @@ from agent.engine.progress import Progress
 MIN_CHUNK = 32 << 20  # below this a range costs more in requests than it gains in parallelism
 SPLIT_TICK = 0.3  # seconds between looks at whether more connections would help
 SPLIT_GAIN = 1.5  # doubling the connections must raise the rate this much to double again
-SPLIT_PROPORTIONAL = 1.8  # ... and this much to go straight to --max-workers
+SPLIT_PROPORTIONAL = 1.8  # ... and this much to quadruple them instead
+SETTLE_GAIN = 1.15  # a step that raised the rate less than SPLIT_GAIN but this much is kept
+JUMP = 4  # growth factor after a proportional rise (a per-connection cap: more will help too)
+REPROBE = 2.0  # seconds after settling before one more doubling is tried (rates are noisy)
+REPROBE_AFTER_BACKOFF = 10.0  # ... and after a back-off: the server asked us to slow down
+LATENCY_RISE = 4.0  # requests answering this many times slower than at the start: congestion
+LATENCY_MARGIN = 0.25  # ... and at least this many seconds slower (loopback latencies are noise)
 
 
 def auto_chunk_size(size: int, total: int, workers: int) -> int:
@@ -28,14 +37,19 @@ def auto_chunk_size(size: int, total: int, workers: int) -> int:
 
 
 class Splitter:
-    """Adds ranged connections to files only while that raises the transfer's rate.
+    """Decides how many connections a transfer runs: adds ranged ones while that raises the rate.
 
-    Every file starts as one sequential stream, hashed in memory as it arrives. Where the
-    rate is limited per connection (a CDN capping single streams), idle workers take chunks
-    from the far end of the files with the most left, doubling the connections each tick
-    while the rate keeps rising (all at once when it rose in proportion). Where the link,
-    disk or CPU is the limit, more connections would only cost read-back hashing, so the
-    first round that does not help ends the splitting for this transfer.
+    Every file starts as one sequential stream, hashed in memory as it arrives. Where the rate
+    is limited per connection (a CDN capping single streams), idle workers take chunks from the
+    far end of the files with the most left, doubling the connections each tick while the rate
+    keeps rising (quadrupling when it rose in proportion), up to `max_workers`. The first round
+    that does not help settles the count at the level before it: where the link, disk or CPU
+    is the limit, more connections would only cost read-back hashing. Once settled, helpers
+    that finish a chunk take the next one and finished streams are replaced, so the count holds
+    for the rest of the download, and every REPROBE seconds one more doubling is tried (a
+    measurement over a fraction of a second is noisy, and links change). A server asking to
+    slow down (429/503) or answering ever more slowly halves the count and stops the growth
+    for REPROBE_AFTER_BACKOFF.
     """
 
     def __init__(
@@ -45,6 +59,14 @@ class Splitter:
         self.progress = progress
         self._clock = clock  # a test's own clock: the decisions depend only on rates over time
         self.growing = True
+        self.target = max_workers  # connections to keep; lowered when growth settles or backs off
+        self.backoffs = 0
+        self._level = 0  # connections running at the last measurement
+        self._settled_at = 0.0
+        self._backed_off = False
+        self._lock = threading.Lock()
+        self._latencies: list[float] = []
+        self._latency_floor: float | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -52,9 +74,38 @@ class Splitter:
         self.warm = False  # the first tick after a reset covers connection set-up: not a rate
         self.last_rate: float | None = None
 
+    def latency(self, seconds: float) -> None:
+        """A request's time to its reply (any thread): the congestion signal."""
+        with self._lock:
+            if len(self._latencies) < 1024:  # read every tick while growing; bounded when settled
+                self._latencies.append(seconds)
+
+    def throttled(self) -> None:
+        """The server asked to slow down (any thread): halve the connections, grow no more."""
+        with self._lock:
+            self._settle(max(1, min(self.target, self.progress.connections) // 2))
+            self._backed_off = True
+            self.backoffs += 1
+
+    def _settle(self, target: int) -> None:
+        self.growing = False
+        self.target = target
+        self._settled_at = self._clock()
+        self._backed_off = False
+
+    def keep(self, running: int) -> bool:
+        """Whether a helper that finished its chunk takes another (`running` includes it)."""
+        return running <= self.target
+
     def helpers(self, jobs: list[Job], running: int) -> list[tuple[Job, int]]:
         """The chunks to start now (already claimed for the caller)."""
         if not self.growing:
+            wait = REPROBE_AFTER_BACKOFF if self._backed_off else REPROBE
+            if self._clock() - self._settled_at < wait or running < self.target:
+                return self._claim(jobs, self.target - running)
+            self.growing = True  # probe once more from the count held now
+            self._reset()
+            self.warm = True  # these connections are established: the next tick is a rate
             return []
         if running >= self.max:
             self._reset()  # every worker is busy: measure afresh once one frees up
@@ -68,20 +119,52 @@ class Splitter:
         if not self.warm:
             self.warm = True
             return []
-        if self.last_rate is not None and rate < self.last_rate * SPLIT_GAIN:
-            self.growing = False
+        if self._congested():
+            self.throttled()
             return []
-        # Doubling the connections doubled the rate: a per-connection cap, so take them all now.
+        if self.last_rate is not None and rate < self.last_rate * SPLIT_GAIN:
+            # The last step did not pay in full: keep it if it helped somewhat, else go back to
+            # the level before it (the extra helpers end with their chunk).
+            self._settle(running if rate >= self.last_rate * SETTLE_GAIN else max(1, self._level))
+            return []
+        # Doubling the connections doubled the rate: a per-connection cap, so grow faster.
         proportional = self.last_rate is not None and rate >= self.last_rate * SPLIT_PROPORTIONAL
         self.last_rate = rate
+        self._level = running
+        want = (JUMP - 1) * max(running, 1) if proportional else max(running, 1)
+        picks = self._claim(jobs, min(self.max - running, want))
+        self.target = running + len(picks)
+        return picks
+
+    def next_chunk(self, jobs: list[Job], running: int) -> tuple[Job, int] | None:
+        """Another chunk for a helper that finished one, if the count allows it (claimed)."""
+        if not self.keep(running):
+            return None
+        picks = self._claim(jobs, 1)
+        return picks[0] if picks else None
+
+    def _claim(self, jobs: list[Job], count: int) -> list[tuple[Job, int]]:
         picks: list[tuple[Job, int]] = []
-        for _ in range(self.max - running if proportional else min(self.max - running, max(running, 1))):
-            candidates = [j for j in jobs if j.unclaimed_bytes() > 0]
+        for _ in range(count):
+            candidates = [(left, j) for j in jobs if (left := j.unclaimed_bytes()) > 0]
             if not candidates:
                 break
-            job = max(candidates, key=lambda j: j.unclaimed_bytes())
+            job = max(candidates, key=lambda c: c[0])[1]
             idx = job.claim_last()
             if idx is None:
                 break
             picks.append((job, idx))
         return picks
+
+    def _congested(self) -> bool:
+        """Whether requests now take much longer to answer than they did at the start."""
+        with self._lock:
+            samples, self._latencies = self._latencies, []
+        if not samples:
+            return False
+        now = statistics.median(samples)
+        floor = self._latency_floor
+        if floor is None or now < floor:
+            self._latency_floor = now
+            return False
+        return now > floor * LATENCY_RISE and now - floor > LATENCY_MARGIN

@@ -27,7 +27,7 @@ from agent.engine.job import JOURNAL_EVERY, Job
 from agent.engine.plan import group, present, same_size
 from agent.engine.progress import Progress, ProgressReporter
 from agent.engine.splitter import SPLIT_TICK, Splitter, auto_chunk_size
-from agent.errors import DeadlineExceeded, IntegrityError, PreloadError
+from agent.errors import DeadlineExceeded, IntegrityError, PreloadError, Throttled
 from agent.sources.base import Block, Snapshot, Source
 from agent.spec import ModelSpec
 from agent.store import Placement
@@ -45,7 +45,7 @@ class Cancelled(PreloadError):
 class TransferOptions:
     """Knobs for one transfer."""
 
-    max_workers: int = 16
+    max_workers: int = 128  # the most connections; the splitter settles on how many help
     chunk_size: int = 0  # 0: auto_chunk_size
     retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     verify_attempts: int = 2
@@ -74,6 +74,7 @@ class Transfer:
         self._stop = threading.Event()
         self._dirs = PendingDirs()
         self._model_bytes = 0
+        self._split = Splitter(opts.max_workers, progress)  # one per round (see _round)
         self._log = log.get()
 
     def run(self, placements: list[Placement], reuse: Mapping[str, Path] | None = None) -> None:
@@ -136,7 +137,9 @@ class Transfer:
         failed: list[Job] = []
         failed_lock = threading.Lock()
 
-        def task(job: Job, idx: int | None) -> None:
+        split = self._split = Splitter(self.opts.max_workers, self.progress)
+
+        def guarded(job: Job, idx: int | None) -> None:
             try:
                 if idx is not None:
                     self._chunk(job, idx, helper=True)
@@ -151,10 +154,20 @@ class Transfer:
                     if job not in failed:
                         failed.append(job)
 
+        def task(job: Job, idx: int | None) -> None:
+            self.progress.connection(+1)
+            try:
+                guarded(job, idx)
+                # A helper keeps its connection (and thread) for the next chunk while the count holds.
+                while idx is not None and (nxt := split.next_chunk(jobs, self.progress.connections)):
+                    job, idx = nxt
+                    guarded(job, idx)
+            finally:
+                self.progress.connection(-1)
+
         futures: list[Future[None]] = []
         with ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool:
             futures += [pool.submit(task, job, None) for job in jobs]
-            split = Splitter(self.opts.max_workers, self.progress)
             pending: set[Future[None]] = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=SPLIT_TICK, return_when=FIRST_EXCEPTION)
@@ -202,12 +215,18 @@ class Transfer:
             pos = start + job.written[idx]
             if pos >= end:
                 return
-            with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
-                if job.ingest.dfd is not None and pos % DIRECT_ALIGN == 0 and not helper:
-                    stream_direct(job, idx, stream, pos, self)
-                else:
-                    job.cached[idx] = True
-                    stream_buffered(job, idx, stream, pos, self, self.opts.drop_cache)
+            asked = time.monotonic()
+            try:
+                with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
+                    self._split.latency(time.monotonic() - asked)
+                    if job.ingest.dfd is not None and pos % DIRECT_ALIGN == 0 and not helper:
+                        stream_direct(job, idx, stream, pos, self)
+                    else:
+                        job.cached[idx] = True
+                        stream_buffered(job, idx, stream, pos, self, self.opts.drop_cache)
+            except Throttled:
+                self._split.throttled()
+                raise
             job.record(idx)
 
         retry.call(attempt, self.opts.retry, what=f"{job.file.path}[{idx}]")

@@ -44,6 +44,12 @@ MODEL_SIZE_BYTES = Gauge(
     ["model"],
     registry=REGISTRY,
 )
+TRANSFER_CONNECTIONS = Gauge(
+    "model_cache_transfer_connections",
+    "Connections each model's running preload holds now (the splitter's count; 0 when idle).",
+    ["model"],
+    registry=REGISTRY,
+)
 TRANSFER_DURATION = Histogram(
     "model_cache_transfer_duration_seconds",
     "Wall time of preloads that had work to do, by outcome.",
@@ -95,9 +101,14 @@ def set_state(model: str, state: str) -> None:
     MODEL_STATE.labels(model=model).state(state)
 
 
+def set_connections(model: str, count: int) -> None:
+    """Record how many connections a model's preload holds now."""
+    TRANSFER_CONNECTIONS.labels(model=model).set(count)
+
+
 def forget_model(model: str) -> None:
     """Drop a model that left the config."""
-    for metric in (MODEL_STATE, MODEL_SIZE_BYTES):
+    for metric in (MODEL_STATE, MODEL_SIZE_BYTES, TRANSFER_CONNECTIONS):
         try:
             metric.remove(model)
         except KeyError:

@@ -149,6 +149,7 @@ class Workers:
             self._table.transition(entry, Change.FAILED, error=_describe(error))
 
     def _count_bytes(self, job: Job) -> None:
+        metrics.set_connections(job.model.id, job.progress.connections)
         fetched = job.progress.fetched
         if fetched > job.counted:
             source = job.source or _source_label(job.model)

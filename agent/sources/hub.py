@@ -19,6 +19,7 @@ from agent.errors import (
     IntegrityError,
     NotFoundError,
     PreloadError,
+    Throttled,
     TransientError,
     transport_error,
 )
@@ -33,6 +34,10 @@ MAX_LISTING_ENTRIES = 200_000
 MAX_LISTING_PAGES = 1_000
 MAX_REDIRECTS = 10
 SMALL_FILE = 8 << 20  # fetched in one request through the resolver; larger ones from their final URL
+# The hub's CDN serves at most 50 GB per GET (and huggingface_hub refuses larger plain downloads):
+# a longer range is asked for in consecutive requests of at most this many bytes.
+MAX_SPAN = 16 << 30
+SPAN_ALIGN = 64 << 10  # spans end on this so the body reader's blocks stay O_DIRECT-sized
 _CDN_EXPIRED = {403, 404, 410}
 
 
@@ -90,7 +95,12 @@ class HubSource:
         read_timeout: float = 30.0,
         connect_timeout: float = 10.0,
         max_connections: int = 16,
+        max_span: int = MAX_SPAN,
     ) -> None:
+        if max_span < 1:
+            raise PreloadError(f"invalid maximum request span {max_span}")
+        # Whole multiples of SPAN_ALIGN where possible: only a file's last block is then short.
+        self.max_span = max_span - max_span % SPAN_ALIGN if max_span >= SPAN_ALIGN else max_span
         self.endpoint = (endpoint or default_endpoint()).rstrip("/")
         parts = urlsplit(self.endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -136,7 +146,9 @@ class HubSource:
         if status < 400:
             return
         code = headers.get("X-Error-Code", "")
-        if status in (408, 429) or status >= 500:
+        if status in (429, 503):
+            raise Throttled(f"{what}: HTTP {status}", retry_after=_retry_after(headers))
+        if status == 408 or status >= 500:
             raise TransientError(f"{what}: HTTP {status}", retry_after=_retry_after(headers))
         page = f"{self.endpoint}/{repo}"
         if code == "GatedRepo":
@@ -253,9 +265,28 @@ class HubSource:
         """Stream [start, end) of a file; a whole small file goes through the resolver.
 
         Ranges go straight to the file's final (CDN) URL and, unless a proxy is configured,
-        are read with the lean body reader.
+        are read with the lean body reader. A range longer than `max_span` is read as
+        consecutive requests of at most that many bytes (the CDN refuses longer ones).
         """
-        whole = start == 0 and end == file.size and file.size <= SMALL_FILE
+        if end - start <= self.max_span:
+            with self._open_one(spec, snap, file, start, end) as blocks:
+                yield blocks
+            return
+        yield self._spans(spec, snap, file, start, end)
+
+    def _spans(
+        self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
+    ) -> Iterator[Block]:
+        for first in range(start, end, self.max_span):
+            with self._open_one(spec, snap, file, first, min(first + self.max_span, end)) as blocks:
+                yield from blocks
+
+    @contextmanager
+    def _open_one(
+        self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
+    ) -> Iterator[Iterator[Block]]:
+        """One request for [start, end), at most `max_span` bytes."""
+        whole = start == 0 and end == file.size and file.size <= min(SMALL_FILE, self.max_span)
         url = (
             self._resolve_url(spec, snap.commit, file) if whole else self.direct_url(spec, snap.commit, file)
         )

@@ -1,0 +1,109 @@
+"""The splitter's connection count: growth to a high ceiling, settling, top-ups, re-probes and
+back-offs (429/503, rising latency), on a test clock."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from agent.engine.job import Job
+from agent.engine.progress import Progress
+from agent.engine.splitter import REPROBE, REPROBE_AFTER_BACKOFF, Splitter
+from agent.integrity import SHA256, Digest
+from agent.manifest import RemoteFile
+
+MIB = 1 << 20
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _job(tmp_path: Path, chunks: int) -> Job:
+    data = bytes(chunks * MIB)
+    f = RemoteFile("w.bin", len(data), Digest(SHA256, hashlib.sha256(data).hexdigest()))
+    job = Job(f, tmp_path / "h.part", [tmp_path / "w.bin"], MIB)
+    assert job.claim_next() == 0
+    return job
+
+
+def _driver(split: Splitter, progress: Progress, clock: _Clock, job: Job) -> list[int]:
+    """Feed the splitter a per-connection-capped rate: `running` connections at 10 bytes/s each."""
+    running = [1]
+
+    def tick(rate_per_conn: float = 10.0, seconds: float = 1.0) -> int:
+        clock.now += seconds
+        progress.fetched += int(rate_per_conn * running[0] * seconds)
+        picks = split.helpers([job], running[0])
+        running[0] += len(picks)
+        return running[0]
+
+    return [tick() for _ in range(8)]
+
+
+def test_a_per_connection_cap_grows_the_count_far_past_16(tmp_path: Path) -> None:
+    """Each step that doubles the rate quadruples the connections, up to the ceiling of 128."""
+    clock, progress = _Clock(), Progress()
+    split = Splitter(128, progress, clock=clock)
+    counts = _driver(split, progress, clock, _job(tmp_path, 400))
+    assert counts[:5] == [1, 2, 8, 32, 128], counts
+    assert split.target == 128
+
+
+def test_a_settled_count_is_held_topped_up_and_probed_again(tmp_path: Path) -> None:
+    """A step that does not pay settles at the level before it; finished helpers are replaced;
+    after REPROBE seconds one more doubling is tried."""
+    clock, progress = _Clock(), Progress()
+    job = _job(tmp_path, 400)
+    split = Splitter(128, progress, clock=clock)
+
+    def tick(fetched: int, running: int, seconds: float = 1.0) -> int:
+        clock.now += seconds
+        progress.fetched = fetched
+        return len(split.helpers([job], running))
+
+    assert [tick(10, 1), tick(20, 1), tick(40, 2), tick(50, 8)] == [0, 1, 6, 0]
+    assert not split.growing and split.target == 2, "8 connections gave 0.5x: back to 2"
+    assert not split.keep(3) and split.keep(2), "extra helpers end with their chunk"
+    assert tick(60, 1, seconds=0.1) == 1, "a finished stream is replaced at once"
+    clock.now += REPROBE
+    assert tick(80, 2) == 0 and split.growing, "re-probing: this tick starts the measurement"
+    assert tick(100, 2) == 2 and split.target == 4
+
+
+def test_429s_halve_the_count_and_hold_it_longer(tmp_path: Path) -> None:
+    """A throttle signal halves the connections held and waits REPROBE_AFTER_BACKOFF to grow again."""
+    clock, progress = _Clock(), Progress()
+    job = _job(tmp_path, 400)
+    split = Splitter(128, progress, clock=clock)
+    _driver(split, progress, clock, job)
+    progress.connections = 128
+    split.throttled()
+    assert split.target == 64 and not split.growing and split.backoffs == 1
+    assert not split.keep(65) and split.keep(64)
+    clock.now += REPROBE
+    assert split.helpers([job], 64) == [] and not split.growing, "no re-probe yet after a back-off"
+    clock.now += REPROBE_AFTER_BACKOFF
+    assert split.helpers([job], 64) == [] and split.growing
+
+
+def test_rising_latency_backs_off(tmp_path: Path) -> None:
+    """Requests answering 10x slower than at the start while growing: the count is halved."""
+    clock, progress = _Clock(), Progress()
+    job = _job(tmp_path, 400)
+    split = Splitter(128, progress, clock=clock)
+
+    def tick(fetched: int, running: int, latency: float) -> int:
+        clock.now += 1.0
+        progress.fetched = fetched
+        progress.connections = running
+        split.latency(latency)
+        return len(split.helpers([job], running))
+
+    assert [tick(10, 1, 0.05), tick(20, 1, 0.05), tick(40, 2, 0.06)] == [0, 1, 6]
+    assert tick(80, 8, 0.9) == 0, "latency 18x its floor"
+    assert not split.growing and split.target == 4 and split.backoffs == 1
