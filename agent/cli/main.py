@@ -12,6 +12,7 @@ import click
 from agent import log
 from agent.cli.agent import agent_command
 from agent.cli.demo import demo
+from agent.cli.diagnose import diagnose_command
 from agent.cli.gc import gc_command
 from agent.cli.push import push_command
 from agent.cli.root import cli
@@ -23,7 +24,16 @@ from agent.errors import ExitCode, PreloadError
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
 # Every subcommand of `preload`; the agent, wait and gc are the DaemonSet side (docs/agent.md).
-for command in (verify_command, status_command, demo, agent_command, wait_command, gc_command, push_command):
+for command in (
+    verify_command,
+    status_command,
+    demo,
+    agent_command,
+    wait_command,
+    gc_command,
+    push_command,
+    diagnose_command,
+):
     cli.add_command(command)
 
 

@@ -21,6 +21,7 @@ from types import FrameType
 
 from agent import log
 from agent.engine.preload import PreloadOptions
+from agent.errors import PreloadError
 from agent.modelview import ConfigView, ModelView
 from agent.node import metrics
 from agent.node.api import ApiServer
@@ -31,6 +32,7 @@ from agent.node.disk import Disk
 from agent.node.models import ModelTable
 from agent.node.reconcile import Reconciler
 from agent.node.workers import Workers
+from agent.ops.diagnose import AGENT_TEST_BYTES, diagnose
 from agent.sources.base import SourceFactory
 from agent.store import Store
 
@@ -54,6 +56,7 @@ class Daemon:
         store.prepare()
         self.log = log.get().bind(dest=str(dest))
         self._opts = opts
+        self._dest = dest
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._last_tick = time.monotonic()
@@ -102,6 +105,7 @@ class Daemon:
             drop_cache=self._opts.drop_cache,
         )
         self._reconciler.adopt_local()
+        self._background.spawn(self._diagnose, "diagnose")
         jitter = random.uniform(0, config.startup_jitter)  # noqa: S311 - spreading load, not crypto
         if jitter:
             # Only the first preloads wait: the loop keeps turning (liveness, reloads, metrics).
@@ -111,6 +115,22 @@ class Daemon:
             self.tick()
             self._wake.wait(TICK)
             self._wake.clear()
+
+    def _diagnose(self) -> None:
+        """Measure the cache volume and CPU once, small, so the dashboard shows slow nodes."""
+        try:
+            d = diagnose(self._dest, AGENT_TEST_BYTES)
+        except PreloadError as exc:
+            self.log.warning("diagnose_failed", error=str(exc))
+            return
+        metrics.record_diagnosis(d)
+        self.log.info(
+            "diagnose",
+            disk_write_mb_s=round(d.write_bps / 1e6),
+            disk_read_mb_s=round(d.read_bps / 1e6),
+            sha256_mb_s=round(d.hash_bps / 1e6),
+            direct_io=d.direct_io,
+        )
 
     def tick(self) -> None:
         """Reload, reap, verify, start, collect: everything the loop does once."""

@@ -16,6 +16,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import retry
+from agent.ops.diagnose import Diagnosis
 
 STATES = ("pending", "downloading", "verifying", "ready", "failed")
 
@@ -74,6 +75,28 @@ DISK_FREE_BYTES = Gauge(
 DISK_TOTAL_BYTES = Gauge(
     "model_cache_disk_total_bytes", "Size of the cache filesystem in bytes.", registry=REGISTRY
 )
+# `preload diagnose`, run once at start with a small file: which nodes have slow disks or CPUs.
+DISK_WRITE_BPS = Gauge(
+    "model_cache_disk_write_bytes_per_second",
+    "Sequential O_DIRECT write rate of the cache volume, measured at start.",
+    registry=REGISTRY,
+)
+DISK_READ_BPS = Gauge(
+    "model_cache_disk_read_bytes_per_second",
+    "Cold sequential O_DIRECT read rate of the cache volume (what vLLM's load gets), measured at start.",
+    registry=REGISTRY,
+)
+HASH_BPS = Gauge(
+    "model_cache_sha256_bytes_per_second",
+    "sha256 rate of one core of this node (verification's cost), measured at start.",
+    registry=REGISTRY,
+)
+MODEL_COLD_READ_SECONDS = Gauge(
+    "model_cache_model_cold_read_seconds",
+    "Predicted time to read each published model cold from the cache volume, from the start-up figures.",
+    ["model"],
+    registry=REGISTRY,
+)
 CONFIG_RELOAD_ERRORS = Counter(
     "model_cache_config_reload_errors",
     "Config changes rejected as invalid (the last good config stays in force).",
@@ -106,9 +129,18 @@ def set_connections(model: str, count: int) -> None:
     TRANSFER_CONNECTIONS.labels(model=model).set(count)
 
 
+def record_diagnosis(d: Diagnosis) -> None:
+    """Export the start-up diagnosis."""
+    DISK_WRITE_BPS.set(d.write_bps)
+    DISK_READ_BPS.set(d.read_bps)
+    HASH_BPS.set(d.hash_bps)
+    for m in d.models:
+        MODEL_COLD_READ_SECONDS.labels(model=m.repo).set(m.cold_read_s)
+
+
 def forget_model(model: str) -> None:
     """Drop a model that left the config."""
-    for metric in (MODEL_STATE, MODEL_SIZE_BYTES, TRANSFER_CONNECTIONS):
+    for metric in (MODEL_STATE, MODEL_SIZE_BYTES, TRANSFER_CONNECTIONS, MODEL_COLD_READ_SECONDS):
         try:
             metric.remove(model)
         except KeyError:
