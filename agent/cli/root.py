@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -213,5 +214,8 @@ def run_preload(**kw: Any) -> None:
         endpoint, token_file, kw["max_workers"], kw["read_timeout"] or 30.0, kw["max_request_span"]
     )
     sources = factories(kw["sources"], hub, kw["drop_cache"], kw["max_workers"], kw["read_timeout"] or 30.0)
+    # The import graph is long-lived: frozen, the cyclic collector's passes during the transfer
+    # (a few per second, from per-block temporaries) no longer walk it (perf: ~2% of the CPU).
+    gc.freeze()
     preload(spec, dest, sources, opts)
     usage.touch(dest, spec)  # garbage collection evicts the least recently used first

@@ -12,12 +12,12 @@ from agent.engine.job import Job
 from agent.engine.progress import Progress
 
 MIN_CHUNK = 32 << 20  # below this a range costs more in requests than it gains in parallelism
-SPLIT_TICK = 0.3  # seconds between looks at whether more connections would help
+SPLIT_TICK = 0.2  # seconds between looks at whether more connections would help
 SPLIT_GAIN = 1.5  # doubling the connections must raise the rate this much to double again
 SPLIT_PROPORTIONAL = 1.8  # ... and this much to quadruple them instead
 SETTLE_GAIN = 1.15  # a step that raised the rate less than SPLIT_GAIN but this much is kept
 JUMP = 4  # growth factor after a proportional rise (a per-connection cap: more will help too)
-REPROBE = 2.0  # seconds after settling before one more doubling is tried (rates are noisy)
+REPROBE = 5.0  # seconds after settling before one more doubling is tried (rates are noisy)
 REPROBE_AFTER_BACKOFF = 10.0  # ... and after a back-off: the server asked us to slow down
 LATENCY_RISE = 4.0  # requests answering this many times slower than at the start: congestion
 LATENCY_MARGIN = 0.25  # ... and at least this many seconds slower (loopback latencies are noise)
