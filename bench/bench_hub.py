@@ -56,6 +56,13 @@ TARGET_RSS_MB = 200.0
 TARGET_RSS_GROWTH = 1.10  # "flat": the 4x model may cost at most 10% more peak RSS
 TARGET_EXTRA_FRACTION = 0.05
 TARGET_WARM = 1.5
+# Targets from issue 12: against a multi-connection downloader, verifying every byte.
+TARGET_CAPPED_VS_ARIA = 1.0
+TARGET_VS_ARIA = 1.3
+TARGET_VS_ARIA_SHA = 0.8
+TARGET_CORE_S_PER_GIB = 1.3
+ARIA2 = "aria2c"
+ARIA2_FLAGS = ("-x16", "-s16", "-k", "32M", "-j", "8", "--file-allocation=falloc")
 
 
 def say(msg: str) -> None:
@@ -211,6 +218,7 @@ class Run:
     cpu_sys_s: float
     machine: dict[str, float] = field(default_factory=dict)
     killed_at_bytes: int | None = None
+    connections: int | None = None  # preload: the most connections it ran at once
 
     @property
     def total(self) -> float:
@@ -640,6 +648,43 @@ def hf_argv(repo: str, dest: Path) -> list[str]:
     return [str(HF), "download", repo, "--local-dir", str(dest)]
 
 
+def ensure_aria2() -> None:
+    """aria2c, from the Debian package, installed if missing."""
+    if shutil.which(ARIA2) is None:
+        say("installing aria2 (apt-get)")
+        subprocess.run(["apt-get", "install", "-y", "-q", "aria2"], check=True, stdout=subprocess.DEVNULL)
+
+
+def aria2_run(s: Setup, hub: HubServer, dest: Path, env: dict[str, str], log: Path, verify: bool) -> Run:
+    """aria2c with 16 connections per file through the hub's 302 (+ `sha256sum -c` of its output when
+    `verify`, the step a user needs for what preload does), then sync: one Run with the times and
+    CPU of both."""
+    dest.mkdir(parents=True)
+    inputs = dest.parent / f"{dest.name}.aria2-input"
+    inputs.write_text(
+        "".join(f"{hub.url}/{s.model.repo}/resolve/main/{f}\n  out={f}\n" for f in s.model.files)
+    )
+    argv = [ARIA2, *ARIA2_FLAGS, "-q", "--allow-overwrite=true", "-d", str(dest), "-i", str(inputs)]
+    first = run_tool("aria2c", argv, env, log, s.dev, do_sync=not verify)
+    inputs.unlink()
+    if not verify or first.rc:
+        return first
+    sums = dest.parent / f"{dest.name}.sha256"
+    sums.write_text("".join(f"{_sha_of(s, f)}  {dest / f}\n" for f in s.model.files))
+    check = run_tool("sha256sum", ["sha256sum", "--quiet", "-c", str(sums)], env, log, s.dev, gate=False)
+    sums.unlink()
+    return Run(
+        "aria2c+sha",
+        round(first.seconds + check.seconds, 3),
+        check.sync_seconds,
+        first.rc or check.rc,
+        max(first.peak_rss_mb, check.peak_rss_mb),
+        round(first.cpu_user_s + check.cpu_user_s, 2),
+        round(first.cpu_sys_s + check.cpu_sys_s, 2),
+        first.machine | {f"sha256sum_{k}": v for k, v in check.machine.items()},
+    )
+
+
 def _expect_files(model: Model, root: Path) -> None:
     """Both tools must have produced every file at its size (preload also verified hashes)."""
     for f in model.files:
@@ -656,9 +701,13 @@ def one(s: Setup, tool: str, hub: HubServer, extra: Sequence[str] = (), check: b
     drop_caches()
     if tool == "preload":
         run = run_tool(tool, preload_argv(s.model.repo, dest, extra), env, log, s.dev)
+        run.connections = connections(log)
         out = dest / s.model.repo
     elif tool == "hf":
         run = run_tool(tool, hf_argv(s.model.repo, dest), env, log, s.dev)
+        out = dest
+    elif tool in ("aria2c", "aria2c+sha"):
+        run = aria2_run(s, hub, dest, env, log, verify=tool == "aria2c+sha")
         out = dest
     else:
         run = curl_run(s, dest, log)
@@ -718,9 +767,26 @@ def med(runs: Sequence[Run], attr: str = "total") -> float:
     return round(statistics.median(getattr(r, attr) for r in runs), 3)
 
 
+def med_cpu(runs: Sequence[Run]) -> float:
+    """Median CPU seconds (user + system) of the runs."""
+    return round(statistics.median(r.cpu_user_s + r.cpu_sys_s for r in runs), 2)
+
+
+def connections(log: Path) -> int | None:
+    """The most connections preload ran at once, from its final log line."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if '"preload_complete"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                return int(json.loads(line)["connections"])
+    return None
+
+
+TOOLS = ("preload", "hf", "curl", "aria2c", "aria2c+sha")
+
+
 def case_cold(s: Setup) -> dict[str, Any]:
     """preload, hf download and parallel curl, interleaved so drift hits all three alike."""
-    tools = [t for t in ("preload", "hf", "curl") if t in s.args.cold_tools.split(",")]
+    tools = [t for t in TOOLS if t in s.args.cold_tools.split(",")]
     runs: dict[str, list[Run]] = {t: [] for t in tools}
     for i in range(s.args.runs):
         for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:
@@ -735,12 +801,14 @@ def case_cold(s: Setup) -> dict[str, Any]:
         **{f"{t}_median_total_s": med(rs) for t, rs in runs.items()},
         **{f"{t}_median_tool_s": med(rs, "seconds") for t, rs in runs.items()},
         **{f"{t}_median_rss_mb": med(rs, "peak_rss_mb") for t, rs in runs.items()},
+        **{f"{t}_median_cpu_s": med_cpu(rs) for t, rs in runs.items()},
+        "preload_connections": [r.connections for r in runs.get("preload", [])],
     }
 
 
 def case_capped(s: Setup) -> dict[str, Any]:
     """nginx caps each connection at 50 MiB/s: only several ranged connections per file get past it."""
-    tools = [t for t in ("preload", "hf") if t in s.args.cold_tools.split(",")]
+    tools = [t for t in TOOLS if t != "curl" and t in s.args.cold_tools.split(",")]
     runs: dict[str, list[Run]] = {t: [] for t in tools}
     for i in range(s.args.runs):
         for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:
@@ -751,6 +819,8 @@ def case_capped(s: Setup) -> dict[str, Any]:
         "rate_cap_per_connection": RATE_CAP,
         "runs": {t: [asdict(r) | {"total": r.total} for r in rs] for t, rs in runs.items()},
         **{f"{t}_median_total_s": med(rs) for t, rs in runs.items()},
+        **{f"{t}_median_cpu_s": med_cpu(rs) for t, rs in runs.items()},
+        "preload_connections": [r.connections for r in runs.get("preload", [])],
     }
 
 
@@ -934,13 +1004,70 @@ def _yes(ok: bool) -> str:
     return "yes" if ok else "**NO**"
 
 
+def aria_rows(results: dict[str, Any], gib: float) -> list[tuple[str, str, str, str, str, str, str]]:
+    """Issue 12's rows: preload against aria2c (and aria2c + sha256sum), and its CPU per GiB."""
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
+    for case, label in (("cold", "uncapped"), ("capped", f"nginx `limit_rate {RATE_CAP}` per connection")):
+        res = results.get(case) or {}
+        if "preload_median_total_s" not in res:
+            continue
+        p = res["preload_median_total_s"]
+        conns = "/".join(str(c) for c in res.get("preload_connections", []))
+        target = TARGET_CAPPED_VS_ARIA if case == "capped" else TARGET_VS_ARIA
+        if "aria2c_median_total_s" in res:
+            a = res["aria2c_median_total_s"]
+            rows.append(
+                (
+                    f"{label}: vs `aria2c -x16 -s16 -k 32M -j 8` + `sync`",
+                    f"{p:.2f} s",
+                    f"{a:.2f} s",
+                    f"{p / a:.2f}x",
+                    f"<= {target}x",
+                    _yes(p / a <= target),
+                    f"preload verifies every sha256, aria2c nothing; preload connections per run: {conns}",
+                )
+            )
+        if "aria2c+sha_median_total_s" in res:
+            a = res["aria2c+sha_median_total_s"]
+            rows.append(
+                (
+                    f"{label}: vs `aria2c` + `sha256sum -c` + `sync`",
+                    f"{p:.2f} s",
+                    f"{a:.2f} s",
+                    f"{p / a:.2f}x",
+                    f"<= {TARGET_VS_ARIA_SHA}x" if case == "cold" else "-",
+                    _yes(p / a <= TARGET_VS_ARIA_SHA) if case == "cold" else "-",
+                    "the verification a user of aria2c has to add",
+                )
+            )
+        cpu = res["preload_median_cpu_s"] / gib
+        others = ", ".join(
+            f"{t} {res[f'{t}_median_cpu_s'] / gib:.2f}"
+            for t in ("aria2c", "aria2c+sha", "hf")
+            if f"{t}_median_cpu_s" in res
+        )
+        rows.append(
+            (
+                f"{label}: preload CPU core-seconds per GiB",
+                f"{cpu:.2f}",
+                others or "-",
+                "-",
+                f"<= {TARGET_CORE_S_PER_GIB}" if case == "cold" else "-",
+                _yes(cpu <= TARGET_CORE_S_PER_GIB) if case == "cold" else "-",
+                "user + system of the process, median; sha256 alone is ~0.9 here",
+            )
+        )
+    return rows
+
+
 def report(s: Setup, results: dict[str, Any], out_md: Path, out_json: Path) -> None:
     a = s.args
     facts = results["machine"]
     gib = s.model.total / GIB
     rows: list[tuple[str, str, str, str, str, str, str]] = []
+    rows += aria_rows(results, gib)
     cold = results.get("cold")
-    if cold and set(cold["runs"]) != {"preload", "hf", "curl"}:
+    if cold and not {"preload", "hf", "curl"} <= set(cold["runs"]):
         cold = None  # an experiment (--cold-tools): the raw numbers are in the JSON only
     if cold:
         p, h, c = cold["preload_median_total_s"], cold["hf_median_total_s"], cold["curl_median_total_s"]
@@ -979,7 +1106,7 @@ def report(s: Setup, results: dict[str, Any], out_md: Path, out_json: Path) -> N
             )
         )
     capped = results.get("capped")
-    if capped and set(capped["runs"]) == {"preload", "hf"}:
+    if capped and {"preload", "hf"} <= set(capped["runs"]):
         p, h = capped["preload_median_total_s"], capped["hf_median_total_s"]
         rows.append(
             (
@@ -1067,7 +1194,7 @@ def report(s: Setup, results: dict[str, Any], out_md: Path, out_json: Path) -> N
         "Setup: HubServer (loopback) answers the API and 302-redirects LFS files to nginx (`sendfile on`, "
         "2 workers), which serves `<sha256>` blobs from tmpfs so the origin is never the bottleneck. "
         "Destinations are on the disk; `sync` + `drop_caches` before every run; destinations and "
-        "HF_HOME deleted between runs. preload: defaults (16 workers, auto chunk size), "
+        "HF_HOME deleted between runs. preload: defaults (up to 128 connections, auto chunk size), "
         "`PRELOAD_LOG_FORMAT=json`. hf: `hf download REPO --local-dir X`, `HF_HUB_DISABLE_XET=1`, "
         "progress bars off. Raw numbers, CPU and disk counters per run: `hub.json`.",
     ]
@@ -1101,7 +1228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quiet-wait", type=float, default=30.0, help="max seconds to wait for an idle machine before a run"
     )
     parser.add_argument(
-        "--cold-tools", default="preload,hf,curl", help="tools of the cold and capped cases (experiments)"
+        "--cold-tools",
+        default=",".join(TOOLS),
+        help="tools of the cold and capped cases (curl: cold only)",
     )
     parser.add_argument(
         "--preload-wrap", default="", help="command prefix for preload runs (a profiler); skews time and RSS"
@@ -1115,6 +1244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_large:
         cases.discard("large")
     began = time.monotonic()
+    if "aria2c" in args.cold_tools:
+        ensure_aria2()
     with setup(args) as s:
         results: dict[str, Any] = {
             "machine": machine_facts(s),
