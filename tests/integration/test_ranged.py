@@ -160,11 +160,11 @@ def test_stalled_server_times_out_as_transient() -> None:
 
 
 def test_refused_connection_is_transient() -> None:
-    """Nothing listening: a TransientError naming what was being fetched."""
+    """Nothing listening: a TransientError naming what was being fetched and the host that refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(TransientError, match="test: ConnectionRefusedError"):
+    with pytest.raises(TransientError, match=rf"test: 127\.0\.0\.1:{port}: ConnectionRefusedError"):
         _fetch(_reader(), f"http://127.0.0.1:{port}/x", 0, 10)
 
 
