@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -42,6 +43,7 @@ def agent_command(
     from agent.engine.preload import PreloadOptions
     from agent.node.api import parse_listen
     from agent.node.daemon import Daemon, serve
+    from agent.sources.registry import factories
 
     root = ctx.find_root().params
     address = parse_listen(listen)
@@ -58,5 +60,12 @@ def agent_command(
         root["read_timeout"] or 30.0,
         root["max_request_span"],
     )
-    daemon = Daemon(config_path, dest, hub, opts, max_concurrent)
+    sources = partial(
+        factories,
+        hub=hub,
+        drop_cache=root["drop_cache"],
+        max_workers=root["max_workers"],
+        read_timeout=root["read_timeout"] or 30.0,
+    )
+    daemon = Daemon(config_path, dest, sources, opts, max_concurrent)
     sys.exit(serve(daemon, address))

@@ -187,7 +187,7 @@ def source_option(help: str) -> Callable[[F], F]:
     return opt("--source", "sources", env="PRELOAD_SOURCE", multiple=True, show_default="hf", help=help)
 
 
-def max_workers_option(help: str, default: int = 16, most: int = 128) -> Callable[[F], F]:
+def max_workers_option(help: str, default: int = 16, most: int = 512) -> Callable[[F], F]:
     """--max-workers 1..`most` (PRELOAD_MAX_WORKERS), `default` (16) by default."""
     return opt(
         "--max-workers", env="PRELOAD_MAX_WORKERS", type=click.IntRange(1, most), default=default, help=help

@@ -33,7 +33,7 @@ from agent.node.models import ModelTable
 from agent.node.reconcile import Reconciler
 from agent.node.workers import Workers
 from agent.ops.diagnose import AGENT_TEST_BYTES, diagnose
-from agent.sources.base import SourceFactory
+from agent.sources.registry import SourcesFor
 from agent.store import Store
 
 TICK = 0.5
@@ -47,7 +47,7 @@ class Daemon:
         self,
         config_path: Path,
         dest: Path,
-        hub: SourceFactory,
+        sources: SourcesFor,
         opts: PreloadOptions,
         max_concurrent: int | None = None,
     ) -> None:
@@ -67,7 +67,7 @@ class Daemon:
         self._workers = Workers(
             self._table,
             dest,
-            hub,
+            sources,
             opts,
             max_concurrent=lambda: self._config.max_concurrent,
             collect=self._disk.collect,

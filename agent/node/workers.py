@@ -21,8 +21,7 @@ from agent.node import metrics
 from agent.node.config import ModelConfig
 from agent.node.models import Change, Entry, Job, ModelTable
 from agent.ops import gc
-from agent.sources.base import SourceFactory
-from agent.sources.registry import factories
+from agent.sources.registry import SourcesFor
 from agent.store import usage
 
 
@@ -33,7 +32,7 @@ class Workers:
         self,
         table: ModelTable,
         dest: Path,
-        hub: SourceFactory,
+        sources: SourcesFor,
         opts: PreloadOptions,
         *,
         max_concurrent: Callable[[], int],
@@ -44,7 +43,7 @@ class Workers:
     ) -> None:
         self._table = table
         self._dest = dest
-        self._hub = hub
+        self._sources = sources
         self._opts = opts
         self._max_concurrent = max_concurrent
         self._collect = collect
@@ -108,7 +107,7 @@ class Workers:
         """Worker thread: one preload; a disk that is too full gets one GC pass and one more try."""
         spec = job.model.spec
         opts = replace(self._opts, cancel=job.cancel, on_snapshot=job.resolved)
-        sources = factories(job.model.sources, self._hub, self._opts.drop_cache)
+        sources = self._sources(job.model.sources)
 
         def run() -> PreloadResult:
             return preload(spec, self._dest, sources, opts, job.progress)

@@ -3,7 +3,7 @@ factories, in order."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from agent.sources.base import Source, SourceFactory
 from agent.sources.directory import DirectorySource, parse_location
@@ -16,6 +16,11 @@ def check(name: str) -> None:
     """Raise UsageError unless `name` is a source this registry can build."""
     if name != HUB:
         parse_s3_url(name) if is_s3(name) else parse_location(name)
+
+
+# A model's source names -> factories, with every setting but the names already bound (the
+# agent is handed one, built where the command line is parsed).
+SourcesFor = Callable[[Sequence[str]], list[SourceFactory]]
 
 
 def factories(

@@ -271,7 +271,7 @@ def test_reload_adopts_retires_and_forgets(store: Store, tmp_path: Path) -> None
     workers = Workers(
         table,
         store.root,
-        _no_source,
+        lambda names: [_no_source],
         PreloadOptions(),
         max_concurrent=lambda: live.max_concurrent,
         collect=collect,
