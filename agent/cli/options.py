@@ -13,7 +13,7 @@ import click
 
 from agent.errors import UsageError
 from agent.spec import DEFAULT_ENDPOINT, Layout, parse_duration
-from agent.units import parse_percent, parse_size
+from agent.units import fmt_bytes, parse_percent, parse_size
 
 if TYPE_CHECKING:
     from agent.sources.base import Source, SourceFactory
@@ -56,8 +56,9 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
 
     name = "size"
 
-    def __init__(self, auto: bool = False) -> None:
+    def __init__(self, auto: bool = False, minimum: int = 0) -> None:
         self.auto = auto
+        self.minimum = minimum
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
@@ -65,9 +66,12 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
         if self.auto and str(value).strip().lower() == "auto":
             return 0
         try:
-            return parse_size(str(value))
+            size = parse_size(str(value))
         except UsageError as exc:
             self.fail(str(exc), param, ctx)
+        if size < self.minimum:
+            self.fail(f"{value!r} is too small: at least {fmt_bytes(self.minimum)}", param, ctx)
+        return size
 
 
 class Percent(click.ParamType):  # type: ignore[type-arg]

@@ -134,7 +134,7 @@ def _passed_on(
 @opt(
     "--max-request-span",
     env="PRELOAD_MAX_REQUEST_SPAN",
-    type=ByteSize(),
+    type=ByteSize(minimum=1 << 20),
     default="16GiB",
     help="Longest byte range asked for in one HTTP request; longer ranges become consecutive "
     "requests (the hub's CDN serves at most 50 GB per GET).",

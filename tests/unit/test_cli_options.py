@@ -265,3 +265,15 @@ def test_demo_without_the_dev_hub_is_one_clear_line(
     assert err.startswith("preload: the demo hub is not installed in this image")
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("text", ["0", "4KiB"])
+def test_max_request_span_refuses_what_cannot_carry_a_range(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
+) -> None:
+    """--max-request-span 0 was silently the default; a span under 1 MiB is a usage error now."""
+    args = ["--model", "a/b", "--dest", str(tmp_path / "d"), "--max-request-span", text]
+    assert _exit(args, monkeypatch) == ExitCode.USAGE
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and "too small" in err[0], err
+    assert not (tmp_path / "d").exists()
