@@ -23,7 +23,9 @@ pytest_plugins = ["tests.hubfixtures", "tests.s3fixtures"]
 # Tools some tests need and skip without. CI sets MODEL_CACHE_TEST_REQUIRE (see .ci/run) to a
 # comma-separated list of them, or `all`, so that a missing tool fails instead of skipping.
 REQUIRE_ENV = "MODEL_CACHE_TEST_REQUIRE"
-REQUIRABLE = ("helm", "podman", "checkov", "kubernetes-validate")
+REQUIRABLE = ("helm", "podman", "checkov", "kubernetes-validate", "cluster")
+# What `all` stands for. `cluster` is the real Kubernetes of scripts/cluster.sh (tests/cluster/).
+ALL = REQUIRABLE
 
 
 def _required_names() -> set[str]:
@@ -31,9 +33,9 @@ def _required_names() -> set[str]:
 
 
 def required_tools() -> set[str]:
-    """The tools MODEL_CACHE_TEST_REQUIRE names (`all`: every one of REQUIRABLE)."""
+    """The tools MODEL_CACHE_TEST_REQUIRE names (`all`: every one of ALL)."""
     names = _required_names()
-    return set(REQUIRABLE) if "all" in names else names
+    return names - {"all"} | set(ALL) if "all" in names else names
 
 
 def tool_unavailable(tool: str, reason: str) -> NoReturn:
