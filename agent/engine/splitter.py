@@ -21,6 +21,12 @@ REPROBE = 5.0  # seconds after settling before one more doubling is tried (rates
 REPROBE_AFTER_BACKOFF = 10.0  # ... and after a back-off: the server asked us to slow down
 LATENCY_RISE = 4.0  # requests answering this many times slower than at the start: congestion
 LATENCY_MARGIN = 0.25  # ... and at least this many seconds slower (loopback latencies are noise)
+# Bytes arrive in whole body buffers (512 KiB), so a tick that saw only a few of them per
+# connection measures the buffer size, not the rate: behind a slow per-connection cap a 0.2 s
+# tick sees 0 or 1 buffer and growth stopped at 2 connections. A measurement waits for this
+# many bytes per connection (quantisation under 1/8), or for SAMPLE_MAX_WAIT on a stalled link.
+SAMPLE_BYTES = 4 << 20
+SAMPLE_MAX_WAIT = 3.0
 
 
 def auto_chunk_size(size: int, total: int, workers: int) -> int:
@@ -53,11 +59,16 @@ class Splitter:
     """
 
     def __init__(
-        self, max_workers: int, progress: Progress, clock: Callable[[], float] = time.monotonic
+        self,
+        max_workers: int,
+        progress: Progress,
+        clock: Callable[[], float] = time.monotonic,
+        sample_bytes: int = SAMPLE_BYTES,
     ) -> None:
         self.max = max_workers
         self.progress = progress
         self._clock = clock  # a test's own clock: the decisions depend only on rates over time
+        self._sample_bytes = sample_bytes
         self.growing = True
         self.target = max_workers  # connections to keep; lowered when growth settles or backs off
         self.backoffs = 0
@@ -113,6 +124,8 @@ class Splitter:
         now, fetched = self._clock(), self.progress.fetched
         elapsed = now - self.mark[0]
         if elapsed < SPLIT_TICK:
+            return []
+        if fetched - self.mark[1] < self._sample_bytes * max(running, 1) and elapsed < SAMPLE_MAX_WAIT:
             return []
         rate = (fetched - self.mark[1]) / elapsed
         self.mark = (now, fetched)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -129,12 +128,17 @@ def test_429s_from_the_cdn_halve_the_connections(hub_factory: HubFactory, tmp_pa
         "32",
     )
     proc = spawn_preload(tmp_path, *args, "--progress-interval", "0.2s", env={"HF_ENDPOINT": hub.url})
-    deadline = time.monotonic() + 60
-    # More chunks than connections: helpers keep taking chunks, so requests go on after the growth.
-    while len(hub.requests(kind="cdn", method="GET")) < 24 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    # The 429s go in once the progress lines show the count grown (a request count says nothing
+    # of how many run at once); more chunks than connections keep requests going after that.
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("{") and json.loads(line).get("connections", 0) >= 24:
+            break
     hub.add_fault(Fault(kind="cdn", path=blob.sha256, status=429, headers={"Retry-After": "0"}, times=3))
-    _, err = proc.communicate(timeout=180)
+    _, rest = proc.communicate(timeout=180)
+    err = "".join(lines) + rest
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     statuses = [rec.status for rec in hub.requests(kind="cdn", method="GET", path=blob.sha256)]

@@ -39,7 +39,7 @@ def test_the_splitter_doubles_connections_while_the_rate_rises_then_stops(tmp_pa
     now = [0.0]
     progress = Progress()
     job = Job(_file(bytes(8 * MIB)), tmp_path / "h.part", [tmp_path / "w.bin"], MIB)
-    split = Splitter(16, progress, clock=lambda: now[0])
+    split = Splitter(16, progress, clock=lambda: now[0], sample_bytes=0)
     assert split.helpers([job], 1) == [], "no helper before the stream has started"
 
     def tick(fetched: int, running: int, seconds: float = 1.0) -> list[int]:
@@ -61,7 +61,7 @@ def test_a_proportional_rise_takes_every_connection_and_a_full_pool_measures_afr
     progress = Progress()
     job = Job(_file(bytes(16 * MIB)), tmp_path / "h.part", [tmp_path / "w.bin"], MIB)
     job.claim_next()
-    split = Splitter(8, progress, clock=lambda: now[0])
+    split = Splitter(8, progress, clock=lambda: now[0], sample_bytes=0)
 
     def tick(fetched: int, running: int) -> int:
         now[0] += 1.0

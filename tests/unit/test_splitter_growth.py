@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.engine.job import Job
 from agent.engine.progress import Progress
-from agent.engine.splitter import REPROBE, REPROBE_AFTER_BACKOFF, Splitter
+from agent.engine.splitter import REPROBE, REPROBE_AFTER_BACKOFF, SAMPLE_BYTES, SAMPLE_MAX_WAIT, Splitter
 from agent.integrity import SHA256, Digest
 from agent.manifest import RemoteFile
 
@@ -48,7 +48,7 @@ def _driver(split: Splitter, progress: Progress, clock: _Clock, job: Job) -> lis
 def test_a_per_connection_cap_grows_the_count_far_past_16(tmp_path: Path) -> None:
     """Each step that doubles the rate quadruples the connections, up to the ceiling of 128."""
     clock, progress = _Clock(), Progress()
-    split = Splitter(128, progress, clock=clock)
+    split = Splitter(128, progress, clock=clock, sample_bytes=0)
     counts = _driver(split, progress, clock, _job(tmp_path, 400))
     assert counts[:5] == [1, 2, 8, 32, 128], counts
     assert split.target == 128
@@ -59,7 +59,7 @@ def test_a_settled_count_is_held_topped_up_and_probed_again(tmp_path: Path) -> N
     after REPROBE seconds one more doubling is tried."""
     clock, progress = _Clock(), Progress()
     job = _job(tmp_path, 400)
-    split = Splitter(128, progress, clock=clock)
+    split = Splitter(128, progress, clock=clock, sample_bytes=0)
 
     def tick(fetched: int, running: int, seconds: float = 1.0) -> int:
         clock.now += seconds
@@ -79,7 +79,7 @@ def test_429s_halve_the_count_and_hold_it_longer(tmp_path: Path) -> None:
     """A throttle signal halves the connections held and waits REPROBE_AFTER_BACKOFF to grow again."""
     clock, progress = _Clock(), Progress()
     job = _job(tmp_path, 400)
-    split = Splitter(128, progress, clock=clock)
+    split = Splitter(128, progress, clock=clock, sample_bytes=0)
     _driver(split, progress, clock, job)
     progress.connections = 128
     split.throttled()
@@ -95,7 +95,7 @@ def test_rising_latency_backs_off(tmp_path: Path) -> None:
     """Requests answering 10x slower than at the start while growing: the count is halved."""
     clock, progress = _Clock(), Progress()
     job = _job(tmp_path, 400)
-    split = Splitter(128, progress, clock=clock)
+    split = Splitter(128, progress, clock=clock, sample_bytes=0)
 
     def tick(fetched: int, running: int, latency: float) -> int:
         clock.now += 1.0
@@ -107,3 +107,23 @@ def test_rising_latency_backs_off(tmp_path: Path) -> None:
     assert [tick(10, 1, 0.05), tick(20, 1, 0.05), tick(40, 2, 0.06)] == [0, 1, 6]
     assert tick(80, 8, 0.9) == 0, "latency 18x its floor"
     assert not split.growing and split.target == 4 and split.backoffs == 1
+
+
+def test_a_measurement_waits_for_enough_bytes_per_connection(tmp_path: Path) -> None:
+    """Bytes land a body buffer at a time: a tick that saw too few per connection decides nothing
+    (behind a slow cap it measured the buffer size and settled at 2); a stalled link still
+    gets a measurement after SAMPLE_MAX_WAIT."""
+    clock, progress = _Clock(), Progress()
+    job = _job(tmp_path, 400)
+    split = Splitter(128, progress, clock=clock)
+
+    def tick(fetched: int, running: int, seconds: float) -> int:
+        clock.now += seconds
+        progress.fetched = fetched
+        return len(split.helpers([job], running))
+
+    assert tick(SAMPLE_BYTES, 1, 0.5) == 0 and split.warm, "the warm-up window"
+    assert tick(SAMPLE_BYTES + MIB // 2, 1, 0.5) == 0 and split.last_rate is None, "too few bytes yet"
+    assert tick(2 * SAMPLE_BYTES, 1, 0.5) == 1, "a whole sample: one stream's rate, so try two"
+    assert tick(2 * SAMPLE_BYTES + MIB, 2, 0.5) == 0 and split.growing, "two need twice the bytes"
+    assert tick(2 * SAMPLE_BYTES + MIB, 2, SAMPLE_MAX_WAIT) == 0 and not split.growing, "a stall decides"
