@@ -497,6 +497,8 @@ up() {
   [[ $(id -u) -eq 0 ]] || die "needs root (it runs a kubelet, containerd and iptables)"
   local t0 t1
   t0="$(now)"
+  mkdir -p "$run"
+  take_lock
   need_packages
   build
   t1="$(now)"
@@ -522,6 +524,40 @@ up() {
     node_up
   fi
   log "build $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')s, start $(since "$t1")s; kubeconfig $kubeconfig"
+}
+
+# --- one cluster per machine ---------------------------------------------------------------
+# The kubelet, kube-proxy and the CNI bridge use machine-wide things (ports, iptables chains,
+# the kubepods cgroups, kcbr0, /var/lib/kubelet): two checkouts cannot each run a cluster. The
+# lock file names the .cluster directory whose cluster owns them; up refuses while another
+# live one holds it, and down cleans machine-wide state only when it holds it.
+
+lock=/run/model-cache-test-cluster.owner
+
+lock_owner() { cat "$lock" 2>/dev/null || true; }
+
+owner_alive() {  # owner_alive DIR: does any component that DIR's cluster started still run?
+  local f pid
+  for f in "$1"/run/*.pid; do
+    [[ -f "$f" ]] || continue
+    pid="$(cat "$f")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+take_lock() {
+  local owner
+  owner="$(lock_owner)"
+  if [[ -n "$owner" && "$owner" != "$dir" ]]; then
+    if owner_alive "$owner"; then
+      die "another test cluster runs on this machine (scripts/cluster.sh of $(dirname "$owner")): one per machine; stop it with its own 'scripts/cluster.sh down'"
+    fi
+    log "taking over the machine from a stopped cluster ($owner)"
+  elif [[ -z "$owner" ]] && ip link show "$bridge" >/dev/null 2>&1 && ! owner_alive "$dir"; then
+    die "$bridge exists but no cluster of this checkout runs: another test cluster may (if none does, 'scripts/cluster.sh down' cleans up)"
+  fi
+  echo "$dir" >"$lock"
 }
 
 # --- down -----------------------------------------------------------------------------------
@@ -570,6 +606,19 @@ down() {
   stop kube-apiserver
   stop etcd
   stop containerd
+  local owner listener
+  owner="$(lock_owner)"
+  if [[ -z "$owner" ]]; then
+    # No lock (a cluster started by an older script): an API server on our port is another's.
+    listener="$(ss -ltnpH "sport = :$api_port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2 || true)"
+    if [[ -n "$listener" ]]; then owner="the cluster whose API server is process $listener"; fi
+  fi
+  if [[ -n "$owner" && "$owner" != "$dir" ]]; then
+    # Another checkout's cluster holds the machine: its bridge, chains and cgroups are not ours.
+    rm -rf "$state" "$run" "$kubeconfig"
+    log "down: stopped this checkout's processes; the machine-wide state belongs to $owner"
+    return 0
+  fi
   # containerd's shims outlive it: the ones serving this cluster's socket are ours.
   local pid
   for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $ctr_sock( |\$)" || true); do
@@ -613,6 +662,7 @@ down() {
     done <"$run/created-host-dirs"
   fi
   rm -rf "$state" "$run" "$kubeconfig"
+  rm -f "$lock"
   log "down: stopped and removed (kept $dir/bin, $dir/go and $logs)"
 }
 

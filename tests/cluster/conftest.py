@@ -1,10 +1,10 @@
 """Fixtures of the cluster tests: a real single-node Kubernetes (scripts/cluster.sh) and its tools.
 
-The session fixture `cluster` runs `scripts/cluster.sh up` (a cold build of the Kubernetes
-binary takes a while; later runs reuse .cluster/go), loads the image scripts/build-image.sh
-builds and a vLLM stand-in image into the node's containerd, and runs `scripts/cluster.sh
-down` when the session ends, whatever happened. Where the cluster cannot come up (not root, no
-Go, a sandbox without what the kubelet needs) the tests skip with the reason, or fail when
+The fixture `cluster` runs `scripts/cluster.sh up` (a cold build of the Kubernetes binary
+takes a while; later runs reuse .cluster/go), loads the image scripts/build-image.sh builds and
+a vLLM stand-in image into the node's containerd, and runs `scripts/cluster.sh down` after the
+module's last test, whatever happened. Where the cluster cannot come up (not root, no Go, a
+sandbox without what the kubelet needs) the tests skip with the reason, or fail when
 MODEL_CACHE_TEST_REQUIRE names `cluster` (tests/conftest.py).
 
 Pods reach the host at the bridge gateway (GATEWAY): the test hub listens there, never on a
@@ -253,7 +253,9 @@ def _build_standin(work: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-@pytest.fixture(scope="session")
+# Module scope (one module uses it): the cluster goes down after test_cluster.py, not at the end
+# of the whole session, so it never runs alongside the rest of the suite.
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """`scripts/cluster.sh up`, the images loaded; `scripts/cluster.sh down` at the end."""
     problem = _problem()
