@@ -3,6 +3,7 @@ ranged connections while the aggregate rate rises, then holds the count it settl
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -17,7 +18,7 @@ SPLIT_GAIN = 1.5  # doubling the connections must raise the rate this much to do
 SPLIT_PROPORTIONAL = 1.8  # ... and this much to quadruple them instead
 SETTLE_GAIN = 1.15  # a step that raised the rate less than SPLIT_GAIN but this much is kept
 JUMP = 4  # growth factor after a proportional rise (a per-connection cap: more will help too)
-REPROBE = 5.0  # seconds after settling before one more doubling is tried (rates are noisy)
+REPROBE = 5.0  # seconds after settling before one more doubling is tried, where asked for (see __init__)
 REPROBE_AFTER_BACKOFF = 10.0  # ... and after a back-off: the server asked us to slow down
 LATENCY_RISE = 4.0  # requests answering this many times slower than at the start: congestion
 LATENCY_MARGIN = 0.25  # ... and at least this many seconds slower (loopback latencies are noise)
@@ -64,11 +65,17 @@ class Splitter:
         progress: Progress,
         clock: Callable[[], float] = time.monotonic,
         sample_bytes: int = SAMPLE_BYTES,
+        reprobe: float = math.inf,
     ) -> None:
         self.max = max_workers
         self.progress = progress
         self._clock = clock  # a test's own clock: the decisions depend only on rates over time
         self._sample_bytes = sample_bytes
+        # Re-probing a settled count every few seconds raised peak memory with the model's size
+        # (each probe doubles the connections for a while: 3 x 4 GiB peaked at 79 MB against
+        # 55 MB for 3 x 1 GiB, bench/results/hub.md), so a download settles once by default;
+        # only a back-off (429/503, congestion) is probed again, after REPROBE_AFTER_BACKOFF.
+        self._reprobe = reprobe
         self.growing = True
         self.target = max_workers  # connections to keep; lowered when growth settles or backs off
         self.backoffs = 0
@@ -111,7 +118,7 @@ class Splitter:
     def helpers(self, jobs: list[Job], running: int) -> list[tuple[Job, int]]:
         """The chunks to start now (already claimed for the caller)."""
         if not self.growing:
-            wait = REPROBE_AFTER_BACKOFF if self._backed_off else REPROBE
+            wait = REPROBE_AFTER_BACKOFF if self._backed_off else self._reprobe
             if self._clock() - self._settled_at < wait or running < self.target:
                 return self._claim(jobs, self.target - running)
             self.growing = True  # probe once more from the count held now

@@ -56,10 +56,10 @@ def test_a_per_connection_cap_grows_the_count_far_past_16(tmp_path: Path) -> Non
 
 def test_a_settled_count_is_held_topped_up_and_probed_again(tmp_path: Path) -> None:
     """A step that does not pay settles at the level before it; finished helpers are replaced;
-    after REPROBE seconds one more doubling is tried."""
+    where re-probing is asked for, after REPROBE seconds one more doubling is tried."""
     clock, progress = _Clock(), Progress()
     job = _job(tmp_path, 400)
-    split = Splitter(128, progress, clock=clock, sample_bytes=0)
+    split = Splitter(128, progress, clock=clock, sample_bytes=0, reprobe=REPROBE)
 
     def tick(fetched: int, running: int, seconds: float = 1.0) -> int:
         clock.now += seconds
@@ -127,3 +127,21 @@ def test_a_measurement_waits_for_enough_bytes_per_connection(tmp_path: Path) -> 
     assert tick(2 * SAMPLE_BYTES, 1, 0.5) == 1, "a whole sample: one stream's rate, so try two"
     assert tick(2 * SAMPLE_BYTES + MIB, 2, 0.5) == 0 and split.growing, "two need twice the bytes"
     assert tick(2 * SAMPLE_BYTES + MIB, 2, SAMPLE_MAX_WAIT) == 0 and not split.growing, "a stall decides"
+
+
+def test_by_default_a_settled_count_is_not_probed_again(tmp_path: Path) -> None:
+    """Probes double the connections for a while and raised peak memory with the model's size:
+    a download settles once unless a back-off asks for another look."""
+    clock, progress = _Clock(), Progress()
+    job = _job(tmp_path, 400)
+    split = Splitter(128, progress, clock=clock, sample_bytes=0)
+
+    def tick(fetched: int, running: int, seconds: float = 1.0) -> int:
+        clock.now += seconds
+        progress.fetched = fetched
+        return len(split.helpers([job], running))
+
+    assert [tick(10, 1), tick(20, 1), tick(40, 2), tick(50, 8)] == [0, 1, 6, 0]
+    assert not split.growing and split.target == 2
+    clock.now += 10 * REPROBE
+    assert tick(80, 2) == 0 and tick(100, 2) == 0 and not split.growing and split.target == 2
