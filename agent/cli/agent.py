@@ -30,9 +30,35 @@ from agent.cli.options import CONTEXT, check_endpoint, check_token_file, dest_op
     show_default="config maxConcurrent, else 2",
     help="Models preloaded at once.",
 )
+@opt(
+    "--node-name",
+    env="PRELOAD_NODE_NAME",
+    default=None,
+    help="This pod's Node (the Downward API's spec.nodeName): label it per model, with Events. "
+    "Needs in-cluster API credentials; without them, or without this option, no API call is made.",
+)
+@opt(
+    "--node-label-prefix",
+    env="PRELOAD_NODE_LABEL_PREFIX",
+    default="model-cache.io",
+    help="Prefix of the node labels and annotation (`preload labels` prints a model's key).",
+)
+@opt(
+    "--events-namespace",
+    env="PRELOAD_EVENTS_NAMESPACE",
+    default="default",
+    help="Namespace of the Node Events (a cluster-scoped object's Events live in `default`).",
+)
 @click.pass_context
 def agent_command(
-    ctx: click.Context, config_path: Path, dest: Path, listen: str, max_concurrent: int | None
+    ctx: click.Context,
+    config_path: Path,
+    dest: Path,
+    listen: str,
+    max_concurrent: int | None,
+    node_name: str | None,
+    node_label_prefix: str,
+    events_namespace: str,
 ) -> None:
     """Keep this node's cache matching the config; serve /livez, /readyz, /v1/models, /metrics.
 
@@ -43,6 +69,8 @@ def agent_command(
     from agent.engine.preload import PreloadOptions
     from agent.node.api import parse_listen
     from agent.node.daemon import Daemon, serve
+    from agent.node.labels import check_prefix
+    from agent.node.nodesync import NodeTarget
     from agent.sources.registry import factories
 
     root = ctx.find_root().params
@@ -67,5 +95,8 @@ def agent_command(
         max_workers=root["max_workers"],
         read_timeout=root["read_timeout"] or 30.0,
     )
-    daemon = Daemon(config_path, dest, sources, opts, max_concurrent)
+    node = None
+    if node_name:
+        node = NodeTarget(node_name, check_prefix(node_label_prefix), events_namespace)
+    daemon = Daemon(config_path, dest, sources, opts, max_concurrent, node)
     sys.exit(serve(daemon, address))

@@ -14,6 +14,7 @@ from agent.cli.agent import agent_command
 from agent.cli.demo import demo
 from agent.cli.diagnose import diagnose_command
 from agent.cli.gc import gc_command
+from agent.cli.labels import labels_command
 from agent.cli.push import push_command
 from agent.cli.root import cli
 from agent.cli.status import status_command
@@ -33,6 +34,7 @@ for command in (
     gc_command,
     push_command,
     diagnose_command,
+    labels_command,
 ):
     cli.add_command(command)
 

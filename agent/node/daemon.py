@@ -22,14 +22,17 @@ from types import FrameType
 from agent import log
 from agent.engine.preload import PreloadOptions
 from agent.errors import PreloadError
-from agent.modelview import ConfigView, ModelView
+from agent.modelview import ConfigView, ModelState, ModelView
 from agent.node import metrics
 from agent.node.api import ApiServer
 from agent.node.background import Background
 from agent.node.checks import Checks
 from agent.node.configwatch import LiveConfig
 from agent.node.disk import Disk
+from agent.node.kube import InCluster, KubeClient
 from agent.node.models import ModelTable
+from agent.node.nodesync import NodeSync, NodeTarget
+from agent.node.peerserve import PeerServer, PublishedIndex
 from agent.node.reconcile import Reconciler
 from agent.node.workers import Workers
 from agent.ops.diagnose import AGENT_TEST_BYTES, diagnose
@@ -50,6 +53,8 @@ class Daemon:
         sources: SourcesFor,
         opts: PreloadOptions,
         max_concurrent: int | None = None,
+        node: NodeTarget | None = None,
+        kube: InCluster | None = None,
     ) -> None:
         dest = dest.absolute()  # paths in the API are for other pods, never relative to our cwd
         store = Store(dest)
@@ -62,7 +67,8 @@ class Daemon:
         self._last_tick = time.monotonic()
         self._background = Background()
         self._config = LiveConfig(config_path, max_concurrent, self.log)
-        self._table = ModelTable(self._config.current.models, store, self.log)
+        self._node_sync = self._node_sync_for(node, kube)
+        self._table = ModelTable(self._config.current.models, store, self.log, observer=self._node_sync)
         self._disk = Disk(dest, lambda: self._config.current, self._background, self._stop, self.log)
         self._workers = Workers(
             self._table,
@@ -85,7 +91,20 @@ class Daemon:
             logger=self.log,
         )
         self._reconciler = Reconciler(self._table, store, self._config, self._workers, self.log)
+        self._published = PublishedIndex(
+            lambda: [e.model.spec for e in self._table.entries() if e.state is ModelState.READY], store
+        )
         metrics.install_retry_hook()
+
+    def _node_sync_for(self, node: NodeTarget | None, kube: InCluster | None) -> NodeSync | None:
+        """Node labels and Events when a node name and API credentials are both there; else none."""
+        if node is None:
+            return None
+        kube = kube or InCluster.from_env()
+        if kube is None:
+            self.log.info("node_labels_off", node=node.node, reason="no in-cluster service account token")
+            return None
+        return NodeSync(KubeClient(kube), node, self.log)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -105,6 +124,8 @@ class Daemon:
             drop_cache=self._opts.drop_cache,
         )
         self._reconciler.adopt_local()
+        if self._node_sync is not None:
+            self._node_sync.start()  # after adopt_local: the first patch already says what is ready
         self._background.spawn(self._diagnose, "diagnose")
         jitter = random.uniform(0, config.startup_jitter)  # noqa: S311 - spreading load, not crypto
         if jitter:
@@ -158,6 +179,8 @@ class Daemon:
         for job in jobs:
             job.done.wait(max(0.0, deadline - time.monotonic()))
         background_ended = self._background.join(deadline)
+        if self._node_sync is not None:
+            self._node_sync.stop(min(2.0, max(0.0, deadline - time.monotonic())))
         return all(job.done.is_set() for job in jobs) and background_ended
 
     # -- what the API reads (any thread) -------------------------------------------------
@@ -187,6 +210,10 @@ class Daemon:
         """Where the config came from and whether the last change to it was rejected."""
         return self._config.view()
 
+    def published(self, key: str) -> Path | None:
+        """A verified file of a ready model with this content hash (what the peer port serves)."""
+        return self._published.find(key)
+
     def record_use(self, repo: str) -> None:
         """Someone asked for this model by id (a `wait`): record its use for GC, now and then."""
         entry = self._table.get(repo)
@@ -194,11 +221,14 @@ class Daemon:
             self._disk.record_use(entry.model.spec)
 
 
-def serve(daemon: Daemon, listen: tuple[str, int], grace: float = 8.0) -> int:
+def serve(daemon: Daemon, listen: tuple[str, int], grace: float = 8.0, peers: PeerServer | None = None) -> int:
     """Run the loop and the API in this (main) thread until SIGTERM/SIGINT; return the exit code."""
     server = ApiServer(listen, daemon)
     server.start()
     daemon.log.info("api_listening", host=server.host, port=server.port)
+    if peers is not None:
+        peers.start()
+        daemon.log.info("peer_port_listening", port=peers.port)
 
     def on_signal(signum: int, _: FrameType | None) -> None:
         daemon.log.info("agent_stopping", signal=signal.Signals(signum).name)
@@ -211,6 +241,8 @@ def serve(daemon: Daemon, listen: tuple[str, int], grace: float = 8.0) -> int:
     finally:
         clean = daemon.shutdown(grace)
         server.stop()
+        if peers is not None:
+            peers.stop()
         daemon.log.info("agent_stopped", transfers_ended=clean)
     if not clean:
         # A worker blocked in a socket read would hold interpreter exit until its read

@@ -108,6 +108,17 @@ GC_EVICTED_BYTES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+KUBE_API_ERRORS = Counter(
+    "model_cache_kube_api_errors",
+    "Failed Kubernetes API calls of the node sync (labels, events), by operation; retried with backoff.",
+    ["operation"],
+    registry=REGISTRY,
+)
+NODE_LABELS_SYNCED = Gauge(
+    "model_cache_node_labels_synced",
+    "1 when this node's labels show every model's latest state, 0 while a change is not applied yet.",
+    registry=REGISTRY,
+)
 
 
 def install_retry_hook() -> None:

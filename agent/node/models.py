@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Protocol
 
 from agent import log, retry
 from agent.engine.preload import PreloadResult
@@ -71,6 +71,26 @@ RULES: Final[Mapping[Change, Rule]] = MappingProxyType(
         Change.DAMAGED: Rule(_READY, ModelState.PENDING, logging.WARNING),
     }
 )
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A model's state after a change, for observers outside the table (the node's labels)."""
+
+    model: ModelConfig
+    state: ModelState | None  # None: the model left the table
+    change: Change | None  # None: the model entered or left the table
+    commit: str | None = None
+    total_bytes: int | None = None
+    error: str | None = None
+    failures: int = 0
+
+
+class Observer(Protocol):
+    """Told of every change of a current record's state, on the thread that made it; must not
+    block (the loop thread makes most changes)."""
+
+    def model_changed(self, change: StateChange) -> None: ...
 
 
 class TransitionError(RuntimeError):
@@ -133,9 +153,16 @@ class Replaced:
 class ModelTable:
     """Every configured model's record, in config order."""
 
-    def __init__(self, models: Sequence[ModelConfig], store: Store, logger: log.Logger) -> None:
+    def __init__(
+        self,
+        models: Sequence[ModelConfig],
+        store: Store,
+        logger: log.Logger,
+        observer: Observer | None = None,
+    ) -> None:
         self._store = store
         self._log = logger
+        self._observer = observer
         self._lock = threading.Lock()
         self._entries = {m.id: self._enter(m) for m in models}
 
@@ -258,12 +285,19 @@ class ModelTable:
                 fields = {"error": error, "action": "repair"}
             entry.job = job if change is Change.STARTED else None
             entry.state = rule.after
+            # A retired record's late change (its cancelled job ending) is no one's news.
+            current = self._entries.get(repo) is entry
+            news = StateChange(
+                entry.model, entry.state, change, entry.commit, entry.total_bytes, entry.error, entry.failures
+            )
         if rule.after is ModelState.READY and manifest is not None:
             metrics.MODEL_SIZE_BYTES.labels(model=repo).set(manifest.total_bytes)
         if change is Change.DAMAGED:
             metrics.VERIFICATION_FAILURES.labels(model=repo).inc()
         metrics.set_state(repo, rule.after.value)
         self._log.log(rule.level, change.value, repo=repo, **fields, **detail)
+        if current and self._observer is not None:
+            self._observer.model_changed(news)
 
     def report_phase(self, entry: Entry) -> None:
         """Show a running preload's phase in the state metric (verifying once all bytes are in).
@@ -304,14 +338,17 @@ class ModelTable:
             self._entries = fresh
         for repo in removed:
             metrics.forget_model(repo)
+            if self._observer is not None:
+                self._observer.model_changed(StateChange(old[repo].model, None, None))
         added = tuple(m.id for m in models if m.id not in old)
         return Replaced(tuple(retired), added, removed)
 
-    @staticmethod
-    def _enter(model: ModelConfig) -> Entry:
-        """A model enters the table pending, and the state metric shows it at once."""
+    def _enter(self, model: ModelConfig) -> Entry:
+        """A model enters the table pending, and the state metric (and any observer) shows it."""
         entry = Entry(model)
         metrics.set_state(model.id, entry.state.value)
+        if self._observer is not None:
+            self._observer.model_changed(StateChange(model, entry.state, None))
         return entry
 
 
