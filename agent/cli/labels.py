@@ -13,10 +13,11 @@ from agent.spec import parse_model
 @model_option("Model: ORG/NAME[@REVISION], as in the agent's config.", required=True)
 @revision_option("The revision the config asks for.", show_default="main")
 @opt(
-    "--prefix",
+    "--node-label-prefix",
+    "prefix",
     env="PRELOAD_NODE_LABEL_PREFIX",
     default=DEFAULT_PREFIX,
-    help="Label prefix: the chart's nodeLabels.prefix (the agent's --node-label-prefix).",
+    help="Label prefix: the chart's nodeLabels.prefix, as given to the agent.",
 )
 def labels_command(model: str, revision: str | None, prefix: str) -> None:
     """Print the node label key the agent sets for MODEL (value ready, downloading or failed).

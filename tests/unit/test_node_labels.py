@@ -115,7 +115,7 @@ def test_preload_labels_prints_the_agents_key() -> None:
     assert out.exit_code == 0, out.output
     assert out.output.strip() == label_key("Qwen/Qwen2.5-0.5B-Instruct")
     out = runner.invoke(
-        cli, ["labels", "--model", f"Qwen/Qwen2.5-0.5B-Instruct@{COMMIT}", "--prefix", "x.io"]
+        cli, ["labels", "--model", f"Qwen/Qwen2.5-0.5B-Instruct@{COMMIT}", "--node-label-prefix", "x.io"]
     )
     assert out.output.strip() == label_key("Qwen/Qwen2.5-0.5B-Instruct", COMMIT, "x.io")
     out = runner.invoke(cli, ["labels", "--model", "not a repo"])
