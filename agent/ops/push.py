@@ -30,7 +30,7 @@ from agent import log, retry
 from agent.errors import IntegrityError, NotReadyError, PreloadError
 from agent.manifest import Manifest, RemoteFile
 from agent.sources import kinds
-from agent.sources.s3 import S3Api
+from agent.sources.s3api import S3Api
 from agent.sources.s3loc import S3Location
 from agent.spec import ModelSpec
 from agent.store import Store

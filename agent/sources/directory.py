@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -85,22 +86,15 @@ class DirectorySource:
         if not self.root.is_dir():
             raise NotFoundError(f"source directory {self.root} does not exist (not mounted?)")
         real_root = os.path.realpath(self.root)
-        for find in (self._from_marker, self._from_hub_cache, self._from_plain):
-            found = find(spec, real_root)
-            if found is not None:
-                snap, paths = found
-                self._paths = paths
-                self._log.info(
-                    "directory_source",
-                    repo=spec.repo,
-                    commit=snap.commit,
-                    hash_origin=snap.hash_origin,
-                    files=len(snap.files),
-                )
-                return replace(snap, chunk_size=WHOLE_FILE_CHUNK)
-        raise NotFoundError(
-            f"{spec.repo} is not in {self.root} (no preload marker, hub cache or ORG/NAME directory)"
+        finders = (self._from_marker, self._from_hub_cache, self._from_plain)
+        snap, self._paths = kinds.find(
+            spec,
+            (partial(f, real_root=real_root) for f in finders),
+            self._log,
+            "directory_source",
+            str(self.root),
         )
+        return replace(snap, chunk_size=WHOLE_FILE_CHUNK)
 
     def _from_marker(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
         store = Store(Path(real_root))
@@ -127,51 +121,30 @@ class DirectorySource:
                 f"{spec.repo}: snapshot {commit[:12]} is missing from the hub cache at {self.root}"
             )
         tree = kinds.parse_tree(_read_bytes(hf.tree(commit)))
-        files: list[RemoteFile] = []
-        paths: dict[str, str] = {}
-        unknown: dict[str, str] = {}
-        for rel, real in walk(real_root, snap_dir):
-            rf = kinds.hub_cache_file(rel, os.stat(real).st_size, tree, os.path.basename(real))
-            if rf is None:
-                unknown[rel] = real  # a copied-in regular file: no name to trust
-                continue
-            files.append(rf)
-            paths[rel] = real
-        if unknown:
-            raise IntegrityError(
-                f"hub cache {self.root}: {len(unknown)} file(s) of {spec.repo} are not blobs "
-                f"(e.g. {next(iter(unknown))!r}), so their hashes are unknown"
-            )
-        if not files:
-            raise NotFoundError(f"{spec.repo}: snapshot {commit[:12]} in {self.root} is empty")
-        files.sort(key=lambda f: f.path)
-        return Snapshot(commit, tuple(files), self.name, None, kinds.ORIGIN_HUB_CACHE), paths
+        entries = (
+            (rel, os.stat(real).st_size, os.path.basename(real), real)
+            for rel, real in walk(real_root, snap_dir)
+        )
+        return kinds.hub_cache_snapshot(spec, commit, entries, tree, self.name, str(self.root))
 
     def _from_plain(self, spec: ModelSpec, real_root: str) -> tuple[Snapshot, dict[str, str]] | None:
         model_dir = os.path.join(real_root, spec.org, spec.name)
         if not os.path.isdir(model_dir):
             return None
         paths = dict(walk(real_root, model_dir))
-        listed = kinds.hub_listing(self._hub, spec, self._log)
-        if listed is not None:
-            sizes = {rel: os.stat(real).st_size for rel, real in paths.items()}
-            return kinds.checked_against(spec, listed, sizes, f"{self.root}/{spec.repo}", self.name), paths
-        if spec.pinned:
-            raise NotFoundError(
-                f"{self.root}/{spec.repo} is a plain directory and the hub is not reachable to tell "
-                f"whether it holds commit {spec.revision[:12]}"
+        sizes = {rel: os.stat(real).st_size for rel, real in paths.items()}
+
+        def hashes(wanted: list[str]) -> tuple[RemoteFile, ...]:
+            self._log.warning(
+                "hashes_source_computed",
+                repo=spec.repo,
+                reason="no manifest, no hub cache and no hub listing: the copy is checked only against "
+                "the source as it reads now",
             )
-        wanted = spec.files.select(paths)
-        if not wanted:
-            raise NotFoundError(f"{self.root}/{spec.repo} holds no files matching the filters")
-        self._log.warning(
-            "hashes_source_computed",
-            repo=spec.repo,
-            reason="no manifest, no hub cache and no hub listing: the copy is checked only against "
-            "the source as it reads now",
-        )
-        files = _hash_all(paths, wanted)
-        return Snapshot(kinds.content_id(files), files, self.name, None, kinds.ORIGIN_COMPUTED), paths
+            return _hash_all(paths, wanted)
+
+        where = f"{self.root}/{spec.repo}"
+        return kinds.plain_snapshot(spec, sizes, self._hub, self._log, where, self.name, hashes), paths
 
     # -- reading -------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,6 +37,24 @@ SKIP_PATHS = frozenset({".cache/huggingface"})
 
 # The store's own names, relative to a root: a tree in a bucket mirrors a DIR key for path.
 _RELATIVE = Store(Path())
+
+# A snapshot found in a tree, with where each file's bytes are (a real path, an object name).
+Found = tuple[Snapshot, dict[str, str]]
+Finder = Callable[[ModelSpec], Found | None]
+
+
+def find(spec: ModelSpec, finders: Iterable[Finder], logger: log.Logger, event: str, where: str) -> Found:
+    """The first kind of tree that holds `spec` (finders in the order of the module docstring),
+    logged as `event`; NotFoundError when none does."""
+    for finder in finders:
+        found = finder(spec)
+        if found is not None:
+            snap = found[0]
+            logger.info(
+                event, repo=spec.repo, commit=snap.commit, hash_origin=snap.hash_origin, files=len(snap.files)
+            )
+            return found
+    raise NotFoundError(f"{spec.repo} is not in {where} (no preload marker, hub cache or {spec.repo}/ files)")
 
 
 def is_metadata(rel: str) -> bool:
@@ -200,6 +218,65 @@ def checked_against(
         if sizes[p] != by_path[p].size:
             raise IntegrityError(f"{where}/{p} has {sizes[p]} bytes, the hub lists {by_path[p].size}")
     return Snapshot(listed.commit, listed.files, name, listed.endpoint, ORIGIN_HUB_LISTING)
+
+
+def hub_cache_snapshot(
+    spec: ModelSpec,
+    commit: str,
+    entries: Iterable[tuple[str, int, str, str]],
+    tree: Mapping[str, dict[str, Any]],
+    name: str,
+    where: str,
+) -> Found:
+    """A hub cache's snapshot of `commit` from its files as (path, size, blob name, where the
+    bytes are), each with the hash its tree listing or blob name gives; a file with neither fails
+    the source (its hash is unknown)."""
+    files: list[RemoteFile] = []
+    located: dict[str, str] = {}
+    unknown: list[str] = []
+    for rel, size, blob, at in entries:
+        rf = hub_cache_file(rel, size, tree, blob)
+        if rf is None:
+            unknown.append(rel)
+            continue
+        files.append(rf)
+        located[rel] = at
+    if unknown:
+        raise IntegrityError(
+            f"hub cache {where}: {len(unknown)} file(s) of {spec.repo} are no blob (e.g. {unknown[0]!r}), "
+            "so their hashes are unknown"
+        )
+    if not files:
+        raise NotFoundError(f"{spec.repo}: snapshot {commit[:12]} in {where} is empty")
+    files.sort(key=lambda f: f.path)
+    return Snapshot(commit, tuple(files), name, None, ORIGIN_HUB_CACHE), located
+
+
+def plain_snapshot(
+    spec: ModelSpec,
+    sizes: Mapping[str, int],
+    hub: SourceFactory | None,
+    logger: log.Logger,
+    where: str,
+    name: str,
+    hashes: Callable[[list[str]], tuple[RemoteFile, ...]],
+) -> Snapshot:
+    """Plain files (`sizes`: relative path -> size) as a snapshot: the hub's listing when a hub is
+    a source and answers, else every selected file with the sha256 `hashes` gives it, recorded
+    as source-computed under a content id."""
+    listed = hub_listing(hub, spec, logger)
+    if listed is not None:
+        return checked_against(spec, listed, sizes, where, name)
+    if spec.pinned:
+        raise NotFoundError(
+            f"{where} holds plain files and the hub is not reachable to tell whether they are commit "
+            f"{spec.revision[:12]}"
+        )
+    wanted = spec.files.select(sizes)
+    if not wanted:
+        raise NotFoundError(f"{where} holds no files matching the filters")
+    files = hashes(wanted)
+    return Snapshot(content_id(files), files, name, None, ORIGIN_COMPUTED)
 
 
 def content_id(files: tuple[RemoteFile, ...]) -> str:

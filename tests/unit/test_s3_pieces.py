@@ -15,7 +15,8 @@ from botocore.exceptions import ClientError, NoCredentialsError
 from agent.errors import AuthError, IntegrityError, NotFoundError, PreloadError, TransientError, UsageError
 from agent.sources import kinds
 from agent.sources.registry import factories
-from agent.sources.s3 import S3Source, full_object_sha256, translate
+from agent.sources.s3 import S3Source
+from agent.sources.s3api import full_object_sha256, translate
 from agent.sources.s3loc import S3Location, parse_s3_url
 from agent.spec import ModelSpec
 
