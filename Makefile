@@ -40,11 +40,15 @@ integration: $(VENV)/.installed-test
 	$(BIN)/pytest -q tests/integration
 
 # strace: the reliability suite reads the durability order of publish from a real preload's
-# syscalls (row 2b). Installed with apt where missing (root, Debian/Ubuntu: CI and the image).
+# syscalls (row 2b). iproute2 and dnsmasq: the multi-node lab of the peer tests (tests/netlab.py).
+# Installed with apt where missing (root, Debian/Ubuntu: CI and the image).
 tools:
 	@command -v strace >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; } || \
 		echo "warning: strace is missing and could not be installed: reliability row 2b will fail"
+	@command -v dnsmasq >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 dnsmasq-base >/dev/null; } || \
+		echo "warning: iproute2/dnsmasq missing and not installable: the netns tests (tests/netlab.py) will fail"
 
 test: lint typecheck tools
 	$(BIN)/pytest -q tests

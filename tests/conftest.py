@@ -23,8 +23,9 @@ pytest_plugins = ["tests.hubfixtures", "tests.s3fixtures"]
 # Tools some tests need and skip without. CI sets MODEL_CACHE_TEST_REQUIRE (see .ci/run) to a
 # comma-separated list of them, or `all`, so that a missing tool fails instead of skipping.
 REQUIRE_ENV = "MODEL_CACHE_TEST_REQUIRE"
-REQUIRABLE = ("helm", "podman", "checkov", "kubernetes-validate", "cluster")
-# What `all` stands for. `cluster` is the real Kubernetes of scripts/cluster.sh (tests/cluster/).
+REQUIRABLE = ("helm", "podman", "checkov", "kubernetes-validate", "cluster", "netns")
+# What `all` stands for. `cluster` is the real Kubernetes of scripts/cluster.sh (tests/cluster/);
+# `netns` the multi-node lab of tests/netlab.py (root, iproute2, dnsmasq).
 ALL = REQUIRABLE
 
 
