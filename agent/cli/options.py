@@ -30,6 +30,8 @@ TRANSFER_OPTIONS = (
     "read_timeout",
     "drop_cache",
     "progress_interval",
+    "peers",
+    "peer_token_file",
 )
 ROOT_OPTIONS_FOR = {"agent": TRANSFER_OPTIONS}
 GLOBAL_ROOT_OPTIONS = ("log_format",)

@@ -31,6 +31,7 @@ from agent.cli.options import (
     timeout_option,
     token_file_option,
 )
+from agent.cli.peering import peer_options, peering
 from agent.spec import FileFilter, Layout, ModelSpec, parse_model
 
 REQUIRED_AT_ROOT = "none; required without a subcommand"
@@ -139,6 +140,7 @@ def _passed_on(
     help="Longest byte range asked for in one HTTP request; longer ranges become consecutive "
     "requests (the hub's CDN serves at most 50 GB per GET).",
 )
+@peer_options
 @timeout_option
 @opt(
     "--read-timeout",
@@ -214,6 +216,9 @@ def run_preload(**kw: Any) -> None:
         endpoint, token_file, kw["max_workers"], kw["read_timeout"] or 30.0, kw["max_request_span"]
     )
     sources = factories(kw["sources"], hub, kw["drop_cache"], kw["max_workers"], kw["read_timeout"] or 30.0)
+    peers = peering(kw["peers"], kw["peer_token_file"], port=None)
+    if peers is not None:
+        sources = [peers.wrap(f) for f in sources]
     # The import graph is long-lived: frozen, the cyclic collector's passes during the transfer
     # (a few per second, from per-block temporaries) no longer walk it (perf: ~2% of the CPU).
     gc.freeze()

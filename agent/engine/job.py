@@ -71,6 +71,14 @@ class Job:
                 self.claimed[idx] = True
             return idx
 
+    def claim(self, idx: int) -> bool:
+        """Take chunk `idx` if nobody has and it is not complete (a peer asked for it first)."""
+        with self.lock:
+            if self.claimed[idx] or self._complete(idx) or self.finished:
+                return False
+            self.claimed[idx] = True
+            return True
+
     def _complete(self, idx: int) -> bool:
         start, end = self.chunks[idx]
         return self.written[idx] >= end - start

@@ -13,10 +13,11 @@ from pathlib import Path
 from agent import log, retry
 from agent.engine.plan import plan
 from agent.engine.progress import Progress
+from agent.engine.sharing import Shelf
 from agent.engine.transfer import Cancelled, Transfer, TransferOptions
 from agent.errors import DeadlineExceeded, PreloadError
 from agent.manifest import Manifest, RemoteFile
-from agent.sources.base import Snapshot, Source, SourceFactory
+from agent.sources.base import ByteCounting, Snapshot, Source, SourceFactory
 from agent.spec import ModelSpec
 from agent.store import Placement, Store
 from agent.units import fmt_bytes
@@ -37,6 +38,7 @@ class PreloadOptions:
     # Told the resolved snapshot (commit, source) before its files are fetched; the agent
     # reports the commit while the download runs.
     on_snapshot: Callable[[Snapshot], None] | None = field(default=None, compare=False)
+    shelf: Shelf | None = field(default=None, compare=False)  # files in progress, for peers
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def preload(
                     already=False,
                     path=path,
                     connections=progress.peak_connections,
+                    by_source=source.bytes_by_source() if isinstance(source, ByteCounting) else {},
                 )
             except (DeadlineExceeded, Cancelled):
                 raise  # no other source can do better against the same clock or a stop request
@@ -175,6 +178,7 @@ def _transfer(
         deadline=policy.deadline,
         cancel=opts.cancel,
         drop_cache=opts.drop_cache,
+        shelf=opts.shelf,
     )
     Transfer(source, spec, snap, topts, progress).run(placements, store.published_files(spec))
     return Manifest(
@@ -203,6 +207,7 @@ def _done(
     already: bool,
     path: Path | None = None,
     connections: int = 0,
+    by_source: dict[str, int] | None = None,
 ) -> PreloadResult:
     seconds = time.monotonic() - started
     path = path or store.reader_path(spec, m)
@@ -218,5 +223,6 @@ def _done(
         mb_per_s=round(fetched / seconds / 1e6, 1) if seconds > 0 and fetched else 0.0,
         already_complete=already,
         connections=connections,
+        **(by_source or {}),
     )
     return PreloadResult(m, path, fetched, seconds, already, connections)

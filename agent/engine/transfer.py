@@ -12,6 +12,7 @@ number of times.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Mapping
@@ -26,9 +27,10 @@ from agent.engine.diskio import stream_buffered, stream_direct
 from agent.engine.job import JOURNAL_EVERY, Job
 from agent.engine.plan import group, present, same_size
 from agent.engine.progress import Progress, ProgressReporter
+from agent.engine.sharing import Shared, Shelf
 from agent.engine.splitter import SPLIT_TICK, Splitter, auto_chunk_size
 from agent.errors import DeadlineExceeded, IntegrityError, PreloadError, Throttled
-from agent.sources.base import Block, Snapshot, Source
+from agent.sources.base import Block, HashFeedback, Layered, Snapshot, Source
 from agent.spec import ModelSpec
 from agent.store import Placement
 from agent.store.fs import PendingDirs
@@ -53,6 +55,7 @@ class TransferOptions:
     deadline: float | None = None
     cancel: threading.Event | None = None
     drop_cache: bool = False
+    shelf: Shelf | None = None  # where peers find the files being assembled (the agent's)
 
 
 class Transfer:
@@ -67,6 +70,8 @@ class Transfer:
         progress: Progress,
     ) -> None:
         self.source = source
+        # Chunks fetched because a peer asked go to the origin itself: never to another peer.
+        self._origin: Source = source.origin if isinstance(source, Layered) else source
         self.spec = spec
         self.snap = snap
         self.opts = opts
@@ -76,6 +81,9 @@ class Transfer:
         self._model_bytes = 0
         self._split = Splitter(opts.max_workers, progress)  # one per round (see _round)
         self._log = log.get()
+        self._pulls: queue.SimpleQueue[tuple[Job, int]] = queue.SimpleQueue()
+        self._pull_lock = threading.Lock()
+        self._pulls_open = False
 
     def run(self, placements: list[Placement], reuse: Mapping[str, Path] | None = None) -> None:
         """Fetch everything not yet in place; hash mismatches are refetched a bounded number of times.
@@ -139,10 +147,10 @@ class Transfer:
 
         split = self._split = Splitter(self.opts.max_workers, self.progress)
 
-        def guarded(job: Job, idx: int | None) -> None:
+        def guarded(job: Job, idx: int | None, origin: bool = False) -> None:
             try:
                 if idx is not None:
-                    self._chunk(job, idx, helper=True)
+                    self._chunk(job, idx, helper=True, origin=origin)
                 elif not job.chunks:
                     self._chunk(job, -1)
                 else:  # the file's sequential stream: chunk after chunk until a helper's
@@ -150,14 +158,16 @@ class Transfer:
                         self._chunk(job, nxt)
             except IntegrityError:
                 job.discard()
+                if isinstance(self.source, HashFeedback):
+                    self.source.hash_failed(job.file)
                 with failed_lock:
                     if job not in failed:
                         failed.append(job)
 
-        def task(job: Job, idx: int | None) -> None:
+        def task(job: Job, idx: int | None, origin: bool = False) -> None:
             self.progress.connection(+1)
             try:
-                guarded(job, idx)
+                guarded(job, idx, origin)
                 # A helper keeps its connection (and thread) for the next chunk while the count holds.
                 while idx is not None and (nxt := split.next_chunk(jobs, self.progress.connections)):
                     job, idx = nxt
@@ -166,19 +176,33 @@ class Transfer:
                 self.progress.connection(-1)
 
         futures: list[Future[None]] = []
-        with ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool:
-            futures += [pool.submit(task, job, None) for job in jobs]
-            pending: set[Future[None]] = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=SPLIT_TICK, return_when=FIRST_EXCEPTION)
-                if any(f.exception() is not None for f in done):
-                    self._stop.set()
-                    for f in pending:
-                        f.cancel()
-                    break
-                for job, idx in split.helpers(jobs, len(pending)):
-                    futures.append(pool.submit(task, job, idx))
-                    pending.add(futures[-1])
+        shared = self._share(jobs)
+        try:
+            with ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool:
+                futures += [pool.submit(task, job, None) for job in jobs]
+                pending: set[Future[None]] = set(futures)
+                while True:
+                    while not self._pulls.empty():
+                        job, idx = self._pulls.get()
+                        futures.append(pool.submit(task, job, idx, True))
+                        pending.add(futures[-1])
+                    if not pending:
+                        with self._pull_lock:
+                            if self._pulls.empty():
+                                self._pulls_open = False
+                                break
+                        continue
+                    done, pending = wait(pending, timeout=SPLIT_TICK, return_when=FIRST_EXCEPTION)
+                    if any(f.exception() is not None for f in done):
+                        self._stop.set()
+                        for f in pending:
+                            f.cancel()
+                        break
+                    for job, idx in split.helpers(jobs, len(pending)):
+                        futures.append(pool.submit(task, job, idx))
+                        pending.add(futures[-1])
+        finally:
+            self._unshare(shared)
         errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
         # The first real cause, not the Cancelled it triggered in the other workers.
         error = next((e for e in errors if not isinstance(e, Cancelled)), errors[0] if errors else None)
@@ -187,6 +211,35 @@ class Transfer:
         if error is not None:
             raise error
         return failed
+
+    def _share(self, jobs: list[Job]) -> list[tuple[str, Shared]]:
+        """Put this round's files where peers find them (when the caller serves peers)."""
+        shelf = self.opts.shelf
+        if shelf is None:
+            return []
+        with self._pull_lock:
+            self._pulls_open = True
+        out = [(job.file.digest.hex, Shared(job, self._pull)) for job in jobs]
+        for key, item in out:
+            shelf.put(key, item)
+        return out
+
+    def _unshare(self, shared: list[tuple[str, Shared]]) -> None:
+        with self._pull_lock:
+            self._pulls_open = False
+        if self.opts.shelf is not None:
+            for key, item in shared:
+                self.opts.shelf.remove(key, item)
+
+    def _pull(self, job: Job, idx: int) -> bool:
+        """A peer wants chunk `idx`: fetch it now unless someone is at it. False if this round
+        is over (nothing more will be fetched)."""
+        with self._pull_lock:
+            if not self._pulls_open:
+                return False
+            if job.claim(idx):
+                self._pulls.put((job, idx))
+            return True
 
     def check(self) -> None:
         """Raise if the transfer must stop: an error elsewhere, a cancel request, the deadline."""
@@ -197,7 +250,7 @@ class Transfer:
         if self.opts.deadline is not None and time.monotonic() > self.opts.deadline:
             raise DeadlineExceeded("timed out before the transfer finished")
 
-    def _chunk(self, job: Job, idx: int, helper: bool = False) -> None:
+    def _chunk(self, job: Job, idx: int, helper: bool = False, origin: bool = False) -> None:
         """Fetch one chunk. The file's own stream writes with O_DIRECT and hashes in memory; a
         helper's chunk is hashed later, once the hash frontier reaches it, so it goes through
         the page cache and is hashed from there rather than read back from the disk."""
@@ -217,7 +270,8 @@ class Transfer:
                 return
             asked = time.monotonic()
             try:
-                with self.source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
+                source = self._origin if origin else self.source
+                with source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
                     self._split.latency(time.monotonic() - asked)
                     if job.ingest.dfd is not None and pos % DIRECT_ALIGN == 0 and not helper:
                         stream_direct(job, idx, stream, pos, self)

@@ -221,7 +221,9 @@ class Daemon:
             self._disk.record_use(entry.model.spec)
 
 
-def serve(daemon: Daemon, listen: tuple[str, int], grace: float = 8.0, peers: PeerServer | None = None) -> int:
+def serve(
+    daemon: Daemon, listen: tuple[str, int], grace: float = 8.0, peers: PeerServer | None = None
+) -> int:
     """Run the loop and the API in this (main) thread until SIGTERM/SIGINT; return the exit code."""
     server = ApiServer(listen, daemon)
     server.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.manifest import RemoteFile
 from agent.spec import ModelSpec
@@ -49,3 +49,24 @@ class Source(Protocol):
 
 
 SourceFactory = Callable[[], Source]
+
+
+@runtime_checkable
+class Layered(Protocol):
+    """A source in front of another (peers in front of the origin)."""
+
+    origin: Source
+
+
+@runtime_checkable
+class HashFeedback(Protocol):
+    """A source that wants to know when bytes it sent failed their hash."""
+
+    def hash_failed(self, file: RemoteFile) -> None: ...
+
+
+@runtime_checkable
+class ByteCounting(Protocol):
+    """A source that can say where the bytes it streamed came from (for the final line)."""
+
+    def bytes_by_source(self) -> dict[str, int]: ...
