@@ -198,7 +198,7 @@ kind: Config
 clusters:
   - name: model-cache-test
     cluster:
-      server: https://127.0.0.1:$api_port
+      server: https://$gateway:$api_port
       certificate-authority: $pki/ca.crt
 users:
   - name: $2
@@ -375,7 +375,7 @@ network_up() {
 # --- components -----------------------------------------------------------------------------
 
 api_ready() { curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-  "https://127.0.0.1:$api_port/readyz" >/dev/null; }
+  "https://$gateway:$api_port/readyz" >/dev/null; }
 
 control_plane_up() {
   mkdir -p "$state/etcd"
@@ -388,7 +388,7 @@ control_plane_up() {
 
   start kube-apiserver "$bin" kube-apiserver \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --secure-port "$api_port" --advertise-address "$gateway" \
+    --bind-address "$gateway" --secure-port "$api_port" --advertise-address "$gateway" \
     --service-cluster-ip-range "$service_cidr" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \

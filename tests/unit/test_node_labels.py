@@ -371,3 +371,28 @@ def test_event_for_each_change() -> None:
     assert reason(None, None) == "ModelRemoved"
     assert reason(Change.VERIFIED) is None and reason(Change.CANCELLED, ModelState.PENDING) is None
     assert reason(None, ModelState.PENDING) is None  # entering the table is not news
+
+
+@pytest.mark.parametrize(
+    "example", ["vllm-deployment-node-affinity.yaml", "vllm-deployment-prefer-warm.yaml"]
+)
+def test_the_examples_select_on_the_key_the_agent_sets(example: str) -> None:
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "examples" / example
+    (deploy,) = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Deployment"]
+    affinity = deploy["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    terms = [
+        t["matchExpressions"]
+        for t in affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {}).get(
+            "nodeSelectorTerms", []
+        )
+    ]
+    terms += [
+        p["preference"]["matchExpressions"]
+        for p in affinity.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    ]
+    keys = {e["key"] for t in terms for e in t}
+    assert keys == {label_key("Qwen/Qwen2.5-0.5B-Instruct")}
+    values = {v for t in terms for e in t for v in e["values"]}
+    assert values <= {v.value for v in LabelValue} and LabelValue.READY.value in values
