@@ -14,7 +14,15 @@ from agent.errors import IntegrityError, Interrupted
 
 SHA256 = "sha256"
 GIT_SHA1 = "git-sha1"
-_HEX = {SHA256: re.compile(r"^[0-9a-f]{64}$"), GIT_SHA1: re.compile(r"^[0-9a-f]{40}$")}
+# A sha256 nobody knows before the copy (plain objects in a bucket with no other source of
+# hashes): the hex is a stand-in naming the object, the copy computes the real one and the
+# engine (engine/computed.py) swaps it in. Never in a manifest: parsing one refuses it.
+PENDING_SHA256 = "pending-sha256"
+_HEX = {
+    SHA256: re.compile(r"^[0-9a-f]{64}$"),
+    GIT_SHA1: re.compile(r"^[0-9a-f]{40}$"),
+    PENDING_SHA256: re.compile(r"^[0-9a-f]{64}$"),
+}
 READ_BLOCK = 8 << 20
 # Buffers kept per stream or per thread: small enough that 16 of them stay well inside the
 # 200 MB RSS budget, large enough that syscalls and hashing calls stay cheap.
@@ -49,7 +57,7 @@ class Digest:
 
 def new_hasher(algo: str, size: int) -> Hasher:
     """A hasher; git blob sha1 needs the size up front because git hashes a header first."""
-    if algo == SHA256:
+    if algo in (SHA256, PENDING_SHA256):
         return hashlib.sha256()
     if algo == GIT_SHA1:
         h = hashlib.sha1()  # noqa: S324 - git's object id, not a security choice of ours

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agent import __version__
 from agent.errors import IntegrityError
-from agent.integrity import Digest, safe_relpath
+from agent.integrity import PENDING_SHA256, Digest, safe_relpath
 from agent.spec import COMMIT_RE
 
 FORMAT_VERSION = 2  # 2: `skipped`, the listed files left out by the selection
@@ -136,6 +136,8 @@ def _file_doc(f: RemoteFile) -> dict[str, Any]:
 
 
 def _parse_file(doc: dict[str, Any]) -> RemoteFile:
+    if doc["algo"] == PENDING_SHA256:  # a stand-in: it vouches for nothing
+        raise IntegrityError(f"file {str(doc['path'])[:200]!r} has no hash")
     return RemoteFile(
         safe_relpath(doc["path"]),
         _nonneg(doc["size"]),

@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from agent import log, retry
+from agent.engine import computed
 from agent.engine.plan import plan
 from agent.engine.progress import Progress
 from agent.engine.sharing import Shelf
@@ -180,7 +181,11 @@ def _transfer(
         drop_cache=opts.drop_cache,
         shelf=opts.shelf,
     )
+    if computed.pending(snap):  # hashes known once copied: staged first, placed after
+        placements = computed.staged(store, spec, snap)
     Transfer(source, spec, snap, topts, progress).run(placements, store.published_files(spec))
+    if computed.pending(snap):
+        snap = computed.settle(store, spec, snap)
     return Manifest(
         repo=spec.repo,
         revision=spec.revision,
