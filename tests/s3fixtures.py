@@ -279,6 +279,14 @@ class Faults:
     rewrite: Callable[[bytes], bytes] | None = None  # applied to bucket listings (a hostile server)
     failed: int = 0
     seen: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status)
+    sent: list[tuple[str, int]] = field(default_factory=list)  # (URL path, GET body bytes sent)
+
+    def sent_bytes(self) -> dict[str, int]:
+        """GET body bytes sent per URL path (/BUCKET/KEY), every request counted."""
+        out: dict[str, int] = {}
+        for path, n in list(self.sent):
+            out[path] = out.get(path, 0) + n
+        return out
 
 
 class FaultProxy:
@@ -339,6 +347,8 @@ class FaultProxy:
                     self.end_headers()
                     if self.command == "HEAD":
                         return
+                    if self.command == "GET":
+                        faults.sent.append((self.path.split("?", 1)[0], len(data)))
                     for pos in range(0, len(data), 64 << 10):
                         if faults.body_delay:
                             time.sleep(faults.body_delay)

@@ -11,13 +11,14 @@ s3read.py the body reads (presigned URLs, ranged GETs into the engine).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from agent import log
 from agent.errors import IntegrityError, NotFoundError
-from agent.integrity import SHA256, Digest, new_hasher, safe_relpath
+from agent.integrity import PENDING_SHA256, Digest, safe_relpath
 from agent.manifest import RemoteFile
 from agent.sources import kinds
 from agent.sources.base import Block, Snapshot, SourceFactory
@@ -180,21 +181,12 @@ class S3Source:
             "hashes_source_computed",
             repo=spec.repo,
             from_checksums=len(wanted) - len(pending),
-            read_to_hash=len(pending),
+            hashed_during_copy=len(pending),
             reason="no manifest, no hub cache and no hub listing: the copy is checked only against "
             "the bucket as it reads now",
         )
-
-        def read(rel: str) -> Digest:
-            h = new_hasher(SHA256, objects[rel][0])
-            with self.bodies.read(keys[rel], objects[rel][0], 0, objects[rel][0]) as blocks:
-                for block in blocks:
-                    h.update(block)
-            return Digest(SHA256, h.hexdigest())
-
-        with ThreadPoolExecutor(4, thread_name_prefix="s3-hash") as pool:
-            for rel, digest in zip(pending, pool.map(read, pending), strict=True):
-                digests[rel] = digest
+        for rel in pending:
+            digests[rel] = _pending_digest(self.loc, keys[rel], objects[rel])
         return tuple(RemoteFile(rel, objects[rel][0], d) for rel in wanted if (d := digests[rel]) is not None)
 
     # -- reading -------------------------------------------------------------------
@@ -209,3 +201,10 @@ class S3Source:
             raise NotFoundError(f"{file.path} is not in {self.name}/{spec.repo}")
         with self.bodies.read(rel, file.size, start, end) as blocks:
             yield blocks
+
+
+def _pending_digest(loc: S3Location, rel: str, meta: tuple[int, str]) -> Digest:
+    """A stand-in for an object's sha256 until the copy computes it: the same object (key, size,
+    ETag) gets the same one, so a resumed copy finds its partial file; a rewritten object a new one."""
+    ident = f"{loc.bucket}\0{loc.key(rel)}\0{meta[0]}\0{meta[1]}".encode()
+    return Digest(PENDING_SHA256, hashlib.sha256(ident).hexdigest())

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from agent.devhub import HubFile, HubRepo, HubServer
+from agent.integrity import SHA256, Digest
 from agent.manifest import Manifest
+from agent.sources.kinds import content_id
 from tests.conftest import RunPreload, spawn_preload
 from tests.hubfixtures import HubFactory
 from tests.s3fixtures import BUCKET, FaultProxy, SeaweedS3, upload_tree
@@ -109,8 +111,54 @@ def test_plain_bucket_alone_is_source_computed(
     assert m.hash_origin == "source-computed" and m.commit.startswith("local-")
     assert {f.path for f in m.files} == {"a.bin", "sub/b.json"}
     ev = r.event("hashes_source_computed")
-    assert (ev["from_checksums"], ev["read_to_hash"]) == (1, 1)
+    assert (ev["from_checksums"], ev["hashed_during_copy"]) == (1, 1)
     assert same_files(src, dest / REPO)
+
+
+@pytest.mark.parametrize("layout", ["dir", "hf-cache"])
+def test_source_computed_objects_are_read_once(
+    s3: SeaweedS3, tmp_path: Path, run_preload: RunPreload, layout: str
+) -> None:
+    """Objects with no expected hash are hashed during the copy: the server sends each byte once,
+    the manifest holds their real sha256 under the content id a second copy agrees on."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    blobs = {
+        "w1.bin": os.urandom(9 << 20),
+        "w2.bin": os.urandom(5 << 20),
+        "sub/c.json": b'{"c": 3}',
+        "e": b"",
+    }
+    blobs["copy.bin"] = blobs["w2.bin"]  # the same bytes under two names: placed once, linked
+    for rel, data in blobs.items():
+        (src / rel).write_bytes(data)
+    upload_tree(s3.client(), src, f"prod/{REPO}")
+    dests = [tmp_path / "dest", tmp_path / "again"]
+    with FaultProxy(s3.port) as proxy:
+        for dest in dests:
+            args = ("--model", REPO, "--dest", str(dest), "--source", URL, "--layout", layout)
+            r = run_preload(
+                *args, "--max-workers", "8", "--chunk-size", "2MiB", env=s3.env(endpoint=proxy.endpoint)
+            )
+            assert r.code == 0, r.stderr
+        sent = proxy.faults.sent_bytes()
+    ev = r.event("hashes_source_computed")
+    assert (ev["from_checksums"], ev["hashed_during_copy"]) == (0, len(blobs))
+    for rel, data in blobs.items():
+        assert sent.get(f"/{BUCKET}/prod/{REPO}/{rel}", 0) == len(data) * len(dests), rel
+    m, again = (marker(d, layout) for d in dests)
+    assert m.hash_origin == "source-computed" and m.commit.startswith("local-")
+    assert {f.path: f.digest for f in m.files} == {
+        rel: Digest(SHA256, hashlib.sha256(data).hexdigest()) for rel, data in blobs.items()
+    }
+    assert m.commit == again.commit == content_id(m.files)
+    model = (
+        dests[0] / REPO
+        if layout == "dir"
+        else dests[0] / f"models--{REPO.replace('/', '--')}/snapshots/{m.commit}"
+    )
+    assert same_files(src, model)
+    assert not (dests[0] / ".preload/staging").exists() or not any((dests[0] / ".preload/staging").rglob("*"))
 
 
 def test_missing_prefix_falls_back_to_hub(
@@ -239,15 +287,17 @@ def test_slowdown_503_is_retried(
     assert same_files(seed / REPO, dest / REPO)
 
 
+@pytest.mark.parametrize("checksum", [True, False], ids=["stored-sha256", "hashed-during-copy"])
 def test_kill9_mid_copy_resumes(
-    shard_hub: HubServer, s3: SeaweedS3, tmp_path: Path, run_preload: RunPreload
+    s3: SeaweedS3, tmp_path: Path, run_preload: RunPreload, checksum: bool
 ) -> None:
-    """kill -9 during a slow bucket copy; the rerun resumes from the journal and fetches far less than all."""
+    """kill -9 during a slow bucket copy; the rerun resumes from the journal and fetches far less
+    than all, whether the hash was stored with the object or is computed during the copy."""
     big = tmp_path / "src"
     big.mkdir()
     (big / "weights.safetensors").write_bytes(os.urandom(24 << 20))
     (big / "config.json").write_bytes(b"{}")
-    upload_tree(s3.client(), big, f"prod/{REPO}", checksum=True)
+    upload_tree(s3.client(), big, f"prod/{REPO}", checksum=checksum)
     dest = tmp_path / "dest"
     args = (
         "--model",
@@ -283,3 +333,6 @@ def test_kill9_mid_copy_resumes(
     done = r.event("preload_complete")
     assert 0 < done["fetched_bytes"] < done["bytes"] - (1 << 20)
     assert same_files(big, dest / REPO)
+    assert {f.path: f.digest.hex for f in marker(dest).files} == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in big.iterdir()
+    }
