@@ -33,7 +33,8 @@ class Job:
         self.hash_pos = 0  # bytes folded into the hasher, in order
         self.claimed = [False] * len(self.chunks)  # chunks a worker has taken
         self.cached = [False] * len(self.chunks)  # written through the page cache by this run
-        self.finished = False
+        self.finished = False  # every byte written and hashed
+        self.committed = False  # ... and the hash matched: published
         self.lock = threading.Lock()
         self.hash_lock = threading.Lock()
         self.resumed = 0
@@ -110,6 +111,7 @@ class Job:
         if self.ingest.fd is None and not self.open():
             return False
         self.ingest.commit(dirs, drop_cache=drop_cache)
+        self.committed = True
         return True
 
     def close(self) -> None:

@@ -38,6 +38,11 @@ class Shared:
                 continue
         raise FileNotFoundError(self._job.part)
 
+    @property
+    def complete(self) -> bool:
+        """All of it is here and verified."""
+        return self._job.committed
+
     def _index(self, pos: int) -> int:
         return bisect.bisect_right(self._starts, pos) - 1
 

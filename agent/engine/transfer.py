@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent import crashpoints, log, retry
@@ -29,7 +29,7 @@ from agent.engine.plan import group, present, same_size
 from agent.engine.progress import Progress, ProgressReporter
 from agent.engine.sharing import Shared, Shelf
 from agent.engine.splitter import SPLIT_TICK, Splitter, auto_chunk_size
-from agent.errors import DeadlineExceeded, IntegrityError, PreloadError, Throttled
+from agent.errors import DeadlineExceeded, IntegrityError, PreloadError, Throttled, TransientError
 from agent.sources.base import Block, HashFeedback, Layered, Snapshot, Source
 from agent.spec import ModelSpec
 from agent.store import Placement
@@ -81,7 +81,7 @@ class Transfer:
         self._model_bytes = 0
         self._split = Splitter(opts.max_workers, progress)  # one per round (see _round)
         self._log = log.get()
-        self._pulls: queue.SimpleQueue[tuple[Job, int]] = queue.SimpleQueue()
+        self._pulls: queue.SimpleQueue[tuple[Job, int, bool]] = queue.SimpleQueue()
         self._pull_lock = threading.Lock()
         self._pulls_open = False
 
@@ -149,17 +149,19 @@ class Transfer:
 
         def guarded(job: Job, idx: int | None, origin: bool = False) -> None:
             try:
-                if idx is not None:
-                    self._chunk(job, idx, helper=True, origin=origin)
+                if idx is not None and origin:
+                    self._pulled(job, idx)
+                elif idx is not None:
+                    self._chunk(job, idx, helper=True)
                 elif not job.chunks:
                     self._chunk(job, -1)
                 else:  # the file's sequential stream: chunk after chunk until a helper's
                     while (nxt := job.claim_next()) is not None:
                         self._chunk(job, nxt)
             except IntegrityError:
-                job.discard()
                 if isinstance(self.source, HashFeedback):
-                    self.source.hash_failed(job.file)
+                    self.source.hash_failed(job.file, job.part)
+                job.discard()
                 with failed_lock:
                     if job not in failed:
                         failed.append(job)
@@ -183,8 +185,8 @@ class Transfer:
                 pending: set[Future[None]] = set(futures)
                 while True:
                     while not self._pulls.empty():
-                        job, idx = self._pulls.get()
-                        futures.append(pool.submit(task, job, idx, True))
+                        job, idx, origin = self._pulls.get()
+                        futures.append(pool.submit(task, job, idx, origin))
                         pending.add(futures[-1])
                     if not pending:
                         with self._pull_lock:
@@ -238,8 +240,18 @@ class Transfer:
             if not self._pulls_open:
                 return False
             if job.claim(idx):
-                self._pulls.put((job, idx))
+                self._pulls.put((job, idx, True))
             return True
+
+    def _pulled(self, job: Job, idx: int) -> None:
+        """Fetch a chunk a peer asked for from the origin, briefly: when the origin fails, the
+        chunk goes back to a worker of our own, which may find it elsewhere (and retries as
+        long as any chunk would) rather than failing the whole transfer for a peer's sake."""
+        try:
+            self._chunk(job, idx, helper=True, origin=True, attempts=2)
+        except TransientError as exc:
+            self._log.info("peer_request_failed", file=job.file.path, chunk=idx, error=str(exc))
+            self._pulls.put((job, idx, False))
 
     def check(self) -> None:
         """Raise if the transfer must stop: an error elsewhere, a cancel request, the deadline."""
@@ -250,7 +262,9 @@ class Transfer:
         if self.opts.deadline is not None and time.monotonic() > self.opts.deadline:
             raise DeadlineExceeded("timed out before the transfer finished")
 
-    def _chunk(self, job: Job, idx: int, helper: bool = False, origin: bool = False) -> None:
+    def _chunk(
+        self, job: Job, idx: int, helper: bool = False, origin: bool = False, attempts: int | None = None
+    ) -> None:
         """Fetch one chunk. The file's own stream writes with O_DIRECT and hashes in memory; a
         helper's chunk is hashed later, once the hash frontier reaches it, so it goes through
         the page cache and is hashed from there rather than read back from the disk."""
@@ -283,7 +297,8 @@ class Transfer:
                 raise
             job.record(idx)
 
-        retry.call(attempt, self.opts.retry, what=f"{job.file.path}[{idx}]")
+        policy = self.opts.retry if attempts is None else replace(self.opts.retry, attempts=attempts)
+        retry.call(attempt, policy, what=f"{job.file.path}[{idx}]")
         if hashing.advance(job, self.check):
             self._commit(job)
 

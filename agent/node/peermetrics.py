@@ -9,7 +9,7 @@ from prometheus_client.registry import Collector
 
 from agent.node.metrics import REGISTRY
 from agent.node.peerserve import ServedStats
-from agent.sources.peers import PeerStats
+from agent.sources.peerclient import PeerStats
 from agent.sources.peerset import PeerSet
 
 

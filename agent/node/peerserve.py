@@ -26,10 +26,11 @@ from typing import Any
 
 from agent import log
 from agent.engine.sharing import Shared, Shelf
+from agent.sources.peerclient import NO_FETCH
 from agent.spec import ModelSpec
 from agent.store import Store
 
-BLOB = re.compile(r"\A/peer/v1/blobs/(sha256|git-sha1)/([0-9a-f]{40}|[0-9a-f]{64})\Z")
+BLOB = re.compile(r"\A/peer/v1/(blobs|have)/(sha256|git-sha1)/([0-9a-f]{40}|[0-9a-f]{64})\Z")
 RANGE = re.compile(r"\Abytes=(\d+)-(\d*)\Z")
 WAIT_STEP = 0.01  # seconds between looks at a chunk being written
 STALL = 30.0  # nothing new for this long while streaming a file in progress: give up the stream
@@ -68,8 +69,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(HTTPStatus.NOT_FOUND)
         if not self._authorized():
             return self._reply(HTTPStatus.UNAUTHORIZED)
-        key = match.group(2)
+        key = match.group(3)
         shared = self.server.shelf.get(key)
+        if match.group(1) == "have":  # all of it, verified: a peer may take any piece from here
+            whole = (shared is not None and shared.complete) or self.server.published(key) is not None
+            return self._reply(HTTPStatus.OK if whole else HTTPStatus.NOT_FOUND)
         if shared is not None and shared.active:
             return self._stream(shared)
         path = self.server.published(key)
@@ -116,7 +120,12 @@ class _Handler(BaseHTTPRequestHandler):
         if span is None:
             return None
         start, end = span
-        if not shared.available(start) and not shared.request(start):
+        if self.headers.get(NO_FETCH):  # not the owner's business: only what is here now
+            have = shared.available(start)
+            if not have:
+                return self._reply(HTTPStatus.NOT_FOUND)
+            span = start, end = start, min(end, start + have)
+        elif not shared.available(start) and not shared.request(start):
             return self._reply(HTTPStatus.NOT_FOUND)  # its round is over: ask someone else
         try:
             fd = shared.open()

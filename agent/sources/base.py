@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from agent.manifest import RemoteFile
@@ -62,7 +63,9 @@ class Layered(Protocol):
 class HashFeedback(Protocol):
     """A source that wants to know when bytes it sent failed their hash."""
 
-    def hash_failed(self, file: RemoteFile) -> None: ...
+    def hash_failed(self, file: RemoteFile, part: Path) -> None:
+        """`file` failed its hash; `part` still holds the bytes received (deleted after this)."""
+        ...
 
 
 @runtime_checkable

@@ -16,24 +16,28 @@ only, and every peer that supplied part of it is excluded for a while (peerset.E
 
 from __future__ import annotations
 
-import ssl
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from agent import log
-from agent.errors import TransientError
+from agent.errors import PreloadError, TransientError
 from agent.manifest import RemoteFile
 from agent.sources.base import Block, Snapshot, Source, SourceFactory
-from agent.sources.peerset import SELF, PeerSet
-from agent.sources.ranged import RangedReader
+from agent.sources.peerclient import PeerClient, PeerMiss, PeerStats
+from agent.sources.peerset import SELF, PeerSet, score
 from agent.spec import ModelSpec
 
 PIECE = 16 << 20  # the unit peers are ranked for: small enough to spread evenly over 8-32 nodes
 MAX_ASKED = 2  # peers asked for one piece before the origin (each miss is one round trip)
-CONNECT_TIMEOUT = 2.0
-STALL_TIMEOUT = 10.0  # no byte from a peer for this long: it is slow or dead, go elsewhere
+SEEDERS_TTL = 10.0  # seconds a file's list of peers holding all of it is trusted
+NO_SEEDERS_TTL = 3.0  # ... and that no peer holds it (nodes finish files all the time)
+SEEDER, OWNER, PREVIOUS = "seeder", "owner", "previous"
 # Nodes told to fetch a model at once start within moments of each other: an owner that has
 # not listed the model yet answers "not here" at first. For this long after our own listing a
 # miss is asked again (every MISS_RETRY seconds) instead of fetching the piece from the origin
@@ -43,56 +47,13 @@ MISS_RETRY = 0.25
 COMPUTED = "source-computed"  # no expected hash before the copy: nothing to address peers by
 
 
-class PeerMiss(Exception):
-    """The peer does not have (and is not fetching) this content."""
+@dataclass(frozen=True)
+class Supplied:
+    """Bytes [start, end) of a file came from `peer`."""
 
-
-class PeerStats:
-    """Process-wide counters (the agent's metrics read them); thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.origin_bytes = 0
-        self.peer_bytes = 0
-        self.peer_errors = 0
-
-    def add(self, *, origin: int = 0, peer: int = 0, errors: int = 0) -> None:
-        with self._lock:
-            self.origin_bytes += origin
-            self.peer_bytes += peer
-            self.peer_errors += errors
-
-
-def blob_path(file: RemoteFile) -> str:
-    """The one thing a peer is asked for: content by its expected hash."""
-    return f"/peer/v1/blobs/{file.digest.algo}/{file.digest.hex}"
-
-
-class PeerClient:
-    """Ranged GETs of blobs from peers over keep-alive connections."""
-
-    def __init__(self, token: str | None) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._reader = RangedReader(ssl.create_default_context(), CONNECT_TIMEOUT, STALL_TIMEOUT, headers)
-
-    @contextmanager
-    def open(self, peer: str, file: RemoteFile, start: int, end: int) -> Iterator[Iterator[memoryview]]:
-        """Bytes [start, end) of `file` from `peer`; PeerMiss when it has none of it, a
-        TransientError when it cannot be reached or breaks off."""
-        what = f"peer {peer}"
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        with self._reader.get(f"http://{peer}{blob_path(file)}", headers, what) as (reply, body):
-            if reply.status == 404:
-                raise PeerMiss(peer)
-            if (
-                reply.status != 206
-                or reply.headers.get("Content-Range", "").split("-", 1)[0] != f"bytes {start}"
-            ):
-                raise TransientError(f"{what}: HTTP {reply.status} for a range request")
-            yield body.blocks(0, end - start)
-
-    def close(self) -> None:
-        self._reader.close()
+    peer: str
+    start: int
+    end: int
 
 
 class PeeredSource:
@@ -106,8 +67,10 @@ class PeeredSource:
         self._client = client
         self._stats = stats
         self._lock = threading.Lock()
-        self._suppliers: dict[str, set[str]] = {}  # content hash -> peers that sent some of it
+        self._supplied: dict[str, list[Supplied]] = {}  # content hash -> what peers sent of it
+        self._context: tuple[ModelSpec, Snapshot] | None = None
         self._origin_only: set[str] = set()  # content whose hash failed with peer bytes in it
+        self._seeders: dict[str, tuple[float, list[str]]] = {}  # content hash -> (when, peers)
         self.origin_bytes = 0
         self.peer_bytes = 0
         self._listed = time.monotonic()
@@ -131,15 +94,14 @@ class PeeredSource:
         self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
     ) -> Iterator[Iterator[Block]]:
         key = file.digest.hex
+        self._context = (spec, snap)
         if snap.hash_origin == COMPUTED or key in self._origin_only:
             with self._from_origin(spec, snap, file, start, end) as blocks:
                 yield blocks
             return
-        for peer in self._peers.ranked(f"{key}/{start // PIECE}")[:MAX_ASKED]:
-            if peer == SELF:
-                break
+        for peer, role in self._candidates(file, f"{key}/{start // PIECE}"):
             try:
-                cm, blocks = self._ask(peer, file, start, end)
+                cm, blocks = self._ask(peer, file, start, end, role)
             except PeerMiss:
                 continue
             except TransientError as exc:
@@ -150,18 +112,67 @@ class PeeredSource:
             finally:
                 cm.__exit__(None, None, None)
             return
-        with self._from_origin(spec, snap, file, start, end) as blocks:
-            yield blocks
+        try:
+            with self._from_origin(spec, snap, file, start, end) as from_origin:
+                yield from_origin
+        except PreloadError:
+            self._forget_seeders(file)  # the origin failed: the retry looks for copies again
+            raise
+
+    def _candidates(self, file: RemoteFile, piece: str) -> Iterator[tuple[str, str]]:
+        """Whom to ask for a piece, in order, and in which role:
+        - SEEDER: peers that hold the whole file (a node that joins late, or an origin that went
+          away, costs the origin nothing);
+        - OWNER: the peer ranked first, when it is not this node (it fetches the piece if it
+          has not yet); if it does not answer, the next;
+        - PREVIOUS: when this node owns the piece, the peer ranked after it, which owned the
+          piece while this node was away (starting, restarting): only what it has already.
+        """
+        for peer in sorted(self._seeders_of(file), key=lambda p: score(p, piece), reverse=True)[:MAX_ASKED]:
+            yield peer, SEEDER
+        ranked = self._peers.ranked(piece)
+        for i, peer in enumerate(ranked[:MAX_ASKED]):
+            if peer == SELF:
+                if i + 1 < len(ranked):
+                    yield ranked[i + 1], PREVIOUS
+                return
+            yield peer, OWNER
+
+    def _seeders_of(self, file: RemoteFile) -> list[str]:
+        key = file.digest.hex
+        now = time.monotonic()
+        with self._lock:
+            cached = self._seeders.get(key)
+        if cached is not None and now - cached[0] < (SEEDERS_TTL if cached[1] else NO_SEEDERS_TTL):
+            return cached[1]
+        peers = [p for p in self._peers.live() if p != SELF]
+
+        def ask(peer: str) -> bool:
+            try:
+                return self._client.has(peer, file)
+            except TransientError as exc:
+                self._failed(peer, exc)
+                return False
+
+        with ThreadPoolExecutor(min(8, len(peers) or 1), thread_name_prefix="peer-have") as pool:
+            found = [p for p, yes in zip(peers, pool.map(ask, peers), strict=True) if yes]
+        with self._lock:
+            self._seeders[key] = (time.monotonic(), found)
+        return found
+
+    def _forget_seeders(self, file: RemoteFile) -> None:
+        with self._lock:
+            self._seeders.pop(file.digest.hex, None)
 
     def _ask(
-        self, peer: str, file: RemoteFile, start: int, end: int
+        self, peer: str, file: RemoteFile, start: int, end: int, role: str
     ) -> tuple[AbstractContextManager[Iterator[memoryview]], Iterator[memoryview]]:
         while True:
-            cm = self._client.open(peer, file, start, end)
+            cm = self._client.open(peer, file, start, end, fetch=role != PREVIOUS)
             try:
                 return cm, cm.__enter__()
             except PeerMiss:
-                if time.monotonic() - self._listed > START_GRACE:
+                if role != OWNER or time.monotonic() - self._listed > START_GRACE:
                     raise
             time.sleep(MISS_RETRY)
 
@@ -176,8 +187,6 @@ class PeeredSource:
         end: int,
     ) -> Iterator[Block]:
         pos = start
-        with self._lock:
-            self._suppliers.setdefault(file.digest.hex, set()).add(peer)
         try:
             for block in blocks:
                 pos += len(block)
@@ -185,6 +194,10 @@ class PeeredSource:
                 yield block
         except TransientError as exc:
             self._failed(peer, exc)
+        finally:
+            if pos > start:
+                with self._lock:
+                    self._supplied.setdefault(file.digest.hex, []).append(Supplied(peer, start, pos))
         if pos < end:
             with self._from_origin(spec, snap, file, pos, end) as rest:
                 yield from rest
@@ -211,15 +224,41 @@ class PeeredSource:
         self._stats.add(errors=1)
         self._log.warning("peer_failed", peer=peer, error=str(exc), action="next peer or origin")
 
-    def hash_failed(self, file: RemoteFile) -> None:
-        """The file's bytes did not match: distrust whoever supplied some, refetch from the origin."""
+    def hash_failed(self, file: RemoteFile, part: Path) -> None:
+        """The file's bytes did not match: it is fetched again from the origin only, and every
+        peer whose bytes in `part` differ from the origin's is excluded (a peer whose bytes
+        cannot be compared, the origin being down, is excluded too: trust is not assumed)."""
         with self._lock:
-            suppliers = self._suppliers.pop(file.digest.hex, set())
-            if suppliers:
+            supplied = self._supplied.pop(file.digest.hex, [])
+            if supplied:
                 self._origin_only.add(file.digest.hex)
-        for peer in sorted(suppliers):
+        blamed: dict[str, str] = {}
+        for s in supplied:
+            if s.peer in blamed:
+                continue
+            try:
+                if not self._same_as_origin(file, part, s):
+                    blamed[s.peer] = "sent bytes that differ from the origin's"
+            except (OSError, PreloadError) as exc:
+                blamed[s.peer] = f"its bytes could not be compared with the origin's: {exc}"
+        for peer, reason in sorted(blamed.items()):
             self._peers.exclude(peer)
-            self._log.warning("peer_excluded", peer=peer, file=file.path, reason="hash mismatch")
+            self._log.warning("peer_excluded", peer=peer, file=file.path, reason=reason)
+
+    def _same_as_origin(self, file: RemoteFile, part: Path, s: Supplied) -> bool:
+        assert self._context is not None  # a peer supplied bytes, so a range was opened
+        spec, snap = self._context
+        fd = os.open(part, os.O_RDONLY)
+        try:
+            pos = s.start
+            with self.origin.open_range(spec, snap, file, s.start, s.end) as blocks:
+                for block in blocks:
+                    if os.pread(fd, len(block), pos) != block:
+                        return False
+                    pos += len(block)
+            return pos == s.end
+        finally:
+            os.close(fd)
 
     def bytes_by_source(self) -> dict[str, int]:
         """What this download received from the origin and from peers."""

@@ -21,7 +21,7 @@ from agent.errors import UsageError
 
 DEFAULT_PEER_PORT = 8472
 RESOLVE_EVERY = 30.0  # seconds between DNS lookups of a `dns:` entry (nodes join and leave)
-DOWN_FOR = 30.0  # a peer that did not answer is skipped this long
+DOWN_FOR = 5.0  # a peer that did not answer is skipped this long (agents restart in seconds)
 EXCLUDED_FOR = 600.0  # a peer that sent bytes failing a hash is skipped this long
 
 SELF = "self"  # this node's place in the ranking: its pieces come from the origin
