@@ -433,6 +433,21 @@ class NetLab:
                 raise LabError(f"dnsmasq did not start; see {log}")
             time.sleep(0.05)
 
+    def dns_set(self, names: Sequence[str]) -> None:
+        """List exactly these members under the DNS name."""
+        self._in_dns = list(dict.fromkeys(names))
+        self._publish_dns()
+
+    def set_rate(self, name: str, rate: int) -> None:
+        """Change a member's cap (both ways) on a live lab; 0 lifts it."""
+        ns, sw, port = self.ns(name), self.ns(SWITCH), f"v-{name}"
+        for where, dev in ((ns, "eth0"), (sw, port)):
+            if rate:
+                self._cap(where, dev, rate)
+            else:
+                sh("tc", "-n", where, "qdisc", "del", "dev", dev, "root", check=False)
+        self.members[name] = Member(name, ns, self.ip(name), rate)
+
     def dns_add(self, name: str) -> None:
         """List a member's address under the DNS name (a node joining the headless Service)."""
         if name not in self._in_dns:
