@@ -342,8 +342,8 @@ class FaultProxy:
                             "content-length",
                         ):
                             self.send_header(key, value)
-                    length = reply.getheader("Content-Length") if self.command == "HEAD" else None
-                    self.send_header("Content-Length", length or str(len(data)))
+                    declared = reply.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", declared or str(len(data)))
                     self.end_headers()
                     if self.command == "HEAD":
                         return

@@ -59,7 +59,7 @@ class S3BodyReader:
         url, made = self._url(rel)
         what = f"downloading {self.loc.url}/{rel}"
         if proxied(url):
-            with self._via_botocore(rel, start, end, what) as blocks:
+            with self.via_botocore(rel, size, start, end, what) as blocks:
                 yield blocks
             return
         with self._lock:
@@ -89,7 +89,11 @@ class S3BodyReader:
         raise PreloadError(f"{what}: unexpected HTTP {status}")
 
     @contextmanager
-    def _via_botocore(self, rel: str, start: int, end: int, what: str) -> Iterator[Iterator[Block]]:
+    def via_botocore(
+        self, rel: str, size: int, start: int, end: int, what: str = ""
+    ) -> Iterator[Iterator[Block]]:
+        """The same range through botocore's streaming body (see the module docstring)."""
+        what = what or f"downloading {self.loc.url}/{rel}"
         api = self._api()
         reply = api.call(what, api.client.get_object, Key=self.loc.key(rel), Range=f"bytes={start}-{end - 1}")
         body = reply["Body"]
