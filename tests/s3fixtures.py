@@ -276,6 +276,8 @@ class Faults:
     retry_after: str | None = None
     match: Callable[[str, str], bool] = field(default=lambda method, path: method == "GET")
     body_delay: float = 0.0  # seconds slept per 64 KiB of response body
+    request_delay: float = 0.0  # seconds slept before forwarding a request `slow` matches
+    slow: Callable[[str, str], bool] = field(default=lambda method, path: False)
     rewrite: Callable[[bytes], bytes] | None = None  # applied to bucket listings (a hostile server)
     failed: int = 0
     seen: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status)
@@ -324,6 +326,8 @@ class FaultProxy:
                         self.wfile.write(payload)
                     faults.seen.append((self.command, self.path, faults.status))
                     return
+                if faults.request_delay and faults.slow(self.command, self.path):
+                    time.sleep(faults.request_delay)
                 conn = http.client.HTTPConnection("127.0.0.1", proxy._upstream, timeout=60)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}

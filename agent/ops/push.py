@@ -9,7 +9,9 @@ but no manifest, so nobody takes the model for complete.
 Every byte is hashed while it is read for upload and compared with the manifest before the
 object is completed: a copy that rotted on disk is never published. Large files go up as
 multipart uploads, each part with its sha256 (the server checks it). Objects already there
-with the same size and recorded digest (object metadata) are not sent again.
+with the same size and recorded digest (object metadata) are not sent again; nor are the parts
+of an upload a killed push left pending (ListParts), once each one's size and sha256 (or, where
+the store lists no checksum, its MD5 ETag) match the bytes read now.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class PushResult:
     uploaded_bytes: int
     unchanged_files: int
     seconds: float
+    resumed_parts: int = 0
 
 
 def part_size_for(size: int, wanted: int = 0) -> int:
@@ -83,6 +86,7 @@ class _Pusher:
         self.api = api
         self.opts = opts
         self.uploaded_bytes = 0
+        self.resumed_parts = 0
         self._count_lock = threading.Lock()
         self._log = log.get().bind(to=api.loc.url)
 
@@ -125,10 +129,12 @@ class _Pusher:
                 )
                 self._count(f.size)
                 return None
-            started = self.call(
-                what, client.create_multipart_upload, Key=key, ChecksumAlgorithm="SHA256", Metadata=meta
-            )
-            upload_id = started["UploadId"]
+            upload_id, uploaded = self._pending_upload(key, what)
+            if upload_id is None:
+                started = self.call(
+                    what, client.create_multipart_upload, Key=key, ChecksumAlgorithm="SHA256", Metadata=meta
+                )
+                upload_id = started["UploadId"]
             futures: list[Future[dict[str, Any]]] = []
             try:
                 for number, start in enumerate(range(0, f.size, size), 1):
@@ -138,6 +144,12 @@ class _Pusher:
                             f"{path} ended early while being pushed: changed since verified?"
                         )
                     hasher.update(data)
+                    done = _same_part(uploaded.get(number), data)
+                    if done is not None:
+                        futures.append(_resolved(done))
+                        with self._count_lock:
+                            self.resumed_parts += 1
+                        continue
                     slots.acquire()
                     futures.append(parts.submit(self._part, key, upload_id, number, data, what, slots))
                 self._check(hasher.hexdigest(), f, path)
@@ -148,7 +160,7 @@ class _Pusher:
                 raise
         finally:
             os.close(fd)
-        return parts.submit(self._complete, key, upload_id, futures, what, f.size)
+        return parts.submit(self._complete, key, upload_id, futures, what)
 
     def _part(
         self, key: str, upload_id: str, number: int, data: bytes, what: str, slots: threading.Semaphore
@@ -164,13 +176,12 @@ class _Pusher:
                 Body=data,
                 ChecksumSHA256=checksum,
             )
+            self._count(len(data))
             return {"PartNumber": number, "ETag": reply["ETag"], "ChecksumSHA256": checksum}
         finally:
             slots.release()
 
-    def _complete(
-        self, key: str, upload_id: str, futures: list[Future[dict[str, Any]]], what: str, size: int
-    ) -> None:
+    def _complete(self, key: str, upload_id: str, futures: list[Future[dict[str, Any]]], what: str) -> None:
         try:
             done = [fut.result() for fut in futures]
             self.call(
@@ -183,7 +194,31 @@ class _Pusher:
         except BaseException:
             self._abort(key, upload_id)
             raise
-        self._count(size)
+
+    def _pending_upload(self, key: str, what: str) -> tuple[str | None, dict[int, dict[str, Any]]]:
+        """The newest upload of `key` left unfinished (a push killed midway) and its parts by
+        number, or (None, {}) when there is none or the store cannot list them."""
+        client = self.api.client
+        try:
+            listed = self.call(f"{what}: listing pending uploads", client.list_multipart_uploads, Prefix=key)
+            uploads = [u for u in listed.get("Uploads", []) if u.get("Key") == key and u.get("UploadId")]
+            if not uploads:
+                return None, {}
+            upload_id = str(max(uploads, key=lambda u: str(u.get("Initiated", "")))["UploadId"])
+            parts: dict[int, dict[str, Any]] = {}
+            kw: dict[str, Any] = {"Key": key, "UploadId": upload_id}
+            while True:
+                page = self.call(f"{what}: listing uploaded parts", client.list_parts, **kw)
+                parts.update({int(p["PartNumber"]): p for p in page.get("Parts", [])})
+                marker = page.get("NextPartNumberMarker")
+                if not page.get("IsTruncated") or not marker:
+                    break
+                kw["PartNumberMarker"] = marker
+        except PreloadError as exc:  # NoSuchUpload (completed or aborted meanwhile), not supported
+            self._log.info("pending_upload_unusable", key=key, error=str(exc))
+            return None, {}
+        self._log.info("resuming_upload", key=key, parts=len(parts))
+        return upload_id, parts
 
     def _abort(self, key: str, upload_id: str) -> None:
         """Drop an unfinished upload's parts; a failure here is only logged (the bucket's lifecycle
@@ -206,6 +241,27 @@ class _Pusher:
                 f"{path} does not match its manifest ({f.digest.algo}): the cache copy is corrupt; "
                 "run `preload verify --repair` before pushing"
             )
+
+
+def _same_part(listed: dict[str, Any] | None, data: bytes) -> dict[str, Any] | None:
+    """The completion entry of a part already uploaded with exactly these bytes, else None: its
+    size, and its sha256 where the store lists one, else its ETag (the MD5 of a part's bytes)."""
+    if listed is None or int(listed.get("Size", -1)) != len(data) or not listed.get("ETag"):
+        return None
+    checksum = _b64_sha256(data)
+    stored = listed.get("ChecksumSHA256")
+    if stored:
+        if stored != checksum:
+            return None
+    elif str(listed["ETag"]).strip('"') != hashlib.md5(data).hexdigest():  # noqa: S324 - S3's ETag
+        return None
+    return {"PartNumber": int(listed["PartNumber"]), "ETag": listed["ETag"], "ChecksumSHA256": checksum}
+
+
+def _resolved(value: T) -> Future[T]:
+    fut: Future[T] = Future()
+    fut.set_result(value)
+    return fut
 
 
 def push(spec: ModelSpec, dest: Path, to: S3Location, opts: PushOptions = PushOptions()) -> PushResult:
@@ -255,9 +311,12 @@ def push(spec: ModelSpec, dest: Path, to: S3Location, opts: PushOptions = PushOp
         files=len(m.files),
         uploaded_files=len(todo),
         uploaded_bytes=pusher.uploaded_bytes,
+        resumed_parts=pusher.resumed_parts,
         seconds=round(seconds, 3),
     )
-    return PushResult(m, to.url, len(todo), pusher.uploaded_bytes, len(m.files) - len(todo), seconds)
+    return PushResult(
+        m, to.url, len(todo), pusher.uploaded_bytes, len(m.files) - len(todo), seconds, pusher.resumed_parts
+    )
 
 
 def _publish(pusher: _Pusher, spec: ModelSpec, m: Manifest) -> None:

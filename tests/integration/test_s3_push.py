@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.devhub import HubFile, HubRepo, HubServer
 from agent.manifest import Manifest
-from tests.conftest import RunPreload
+from tests.conftest import RunPreload, spawn_preload
 from tests.hubfixtures import HubFactory
 from tests.s3fixtures import BUCKET, FaultProxy, SeaweedS3
 
@@ -175,3 +177,60 @@ def test_hf_cache_push_and_preload(
         assert r.code == 0, r.stderr
         got = Manifest.from_json((dest / ".preload/markers" / layout / f"{REPO}.json").read_text())
         assert (got.hash_origin, got.commit, got.files) == ("manifest", m.commit, m.files)
+
+
+def test_kill9_mid_push_resumes_the_multipart_upload(
+    model_hub: HubServer, s3: SeaweedS3, tmp_path: Path, run_preload: RunPreload
+) -> None:
+    """kill -9 while parts go up; the next push finds the pending upload (ListParts), checks each
+    part's size and sha256 against the bytes read now and sends only the parts that are missing."""
+    seed = tmp_path / "seed"
+    seeded(run_preload, model_hub, seed)
+    args = (
+        "push",
+        "--model",
+        REPO,
+        "--dest",
+        str(seed),
+        "--to",
+        URL,
+        "--part-size",
+        "5MiB",
+        "--max-workers",
+        "1",
+    )
+    parts = 4  # 20 MiB in 5 MiB parts
+
+    def part_puts(seen: list[tuple[str, str, int]]) -> int:
+        return sum(
+            1 for method, path, status in seen if method == "PUT" and "partNumber=" in path and status == 200
+        )
+
+    with FaultProxy(s3.port) as proxy:
+        proxy.faults.request_delay = 0.5
+        proxy.faults.slow = lambda method, path: method == "PUT" and "partNumber=" in path
+        proc = spawn_preload(tmp_path, *args, env=s3.env(endpoint=proxy.endpoint))
+        try:
+            deadline = time.monotonic() + 60
+            while part_puts(proxy.faults.seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+        sent_before = part_puts(proxy.faults.seen)
+    assert 2 <= sent_before < parts
+    assert MARKER_KEY not in keys(s3)
+    assert s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+    with FaultProxy(s3.port) as proxy:
+        r = run_preload(*args, env=s3.env(endpoint=proxy.endpoint))
+        assert r.code == 0, r.stderr
+        sent_after = part_puts(proxy.faults.seen)
+    done = r.event("push_complete")
+    assert done["resumed_parts"] >= sent_before and sent_after == parts - done["resumed_parts"]
+    assert sent_after * (5 << 20) <= done["uploaded_bytes"] <= sent_after * (5 << 20) + 1024
+    assert not s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+    dest = tmp_path / "node"
+    r = run_preload("--model", REPO, "--dest", str(dest), "--source", URL)
+    assert r.code == 0, r.stderr
+    assert digests(dest / REPO) == digests(seed / REPO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,23 @@ def test_push_part_sizes(size: int, wanted: int, part: int) -> None:
 
     assert part_size_for(size, wanted) == part
     assert -(-size // part) <= MAX_PARTS
+
+
+def test_push_reuses_a_pending_part_only_with_the_same_bytes() -> None:
+    """A part left by a killed push is reused only with this part's size and sha256, or, where the
+    store lists no checksum, its MD5 ETag; anything else is sent again."""
+    import base64
+    import hashlib
+
+    from agent.ops.push import _same_part
+
+    data = os.urandom(1000)
+    sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    md5 = f'"{hashlib.md5(data).hexdigest()}"'  # S3's ETag of a part
+    listed = {"PartNumber": 3, "Size": 1000, "ETag": md5, "ChecksumSHA256": sha}
+    assert _same_part(listed, data) == {"PartNumber": 3, "ETag": md5, "ChecksumSHA256": sha}
+    assert _same_part({**listed, "ChecksumSHA256": None}, data) is not None  # ETag path
+    assert _same_part({**listed, "Size": 999}, data) is None
+    assert _same_part({**listed, "ChecksumSHA256": "AAAA"}, data) is None
+    assert _same_part({**listed, "ChecksumSHA256": None, "ETag": '"0000"'}, data) is None
+    assert _same_part(None, data) is None
