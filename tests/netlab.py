@@ -283,6 +283,7 @@ class NetLab:
         self.rate, self.hub_rate, self.mtu, self.dns_name = rate, hub_rate, mtu, dns_name
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.run_id}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.subnet = _pick_subnet(os.getpid())
         self.members: dict[str, Member] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
