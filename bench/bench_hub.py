@@ -781,6 +781,17 @@ def connections(log: Path) -> int | None:
     return None
 
 
+def _per_gib(s: Setup, r: Run) -> str:
+    """The run's CPU per GiB, connections and what other processes burnt meanwhile, for the progress line."""
+    gib = s.model.total / GIB
+    conns = f", {r.connections} connections" if r.connections is not None else ""
+    other = r.machine.get("other_cpu_s", 0.0)
+    return (
+        f"cpu {r.cpu_user_s:.2f}u+{r.cpu_sys_s:.2f}s = {(r.cpu_user_s + r.cpu_sys_s) / gib:.2f} core-s/GiB"
+        f"{conns}, others {other:.2f} core-s"
+    )
+
+
 TOOLS = ("preload", "hf", "curl", "aria2c", "aria2c+sha")
 
 
@@ -794,7 +805,7 @@ def case_cold(s: Setup) -> dict[str, Any]:
             runs[tool].append(r)
             say(
                 f"cold {tool} run {i + 1}: {r.seconds:.2f}s + sync {r.sync_seconds:.2f}s, "
-                f"rss {r.peak_rss_mb} MB"
+                f"rss {r.peak_rss_mb} MB, {_per_gib(s, r)}"
             )
     return {
         "runs": {t: [asdict(r) | {"total": r.total} for r in rs] for t, rs in runs.items()},
@@ -814,7 +825,7 @@ def case_capped(s: Setup) -> dict[str, Any]:
         for tool in tools[i % len(tools) :] + tools[: i % len(tools)]:
             r = one(s, tool, s.capped_hub)
             runs[tool].append(r)
-            say(f"capped {tool} run {i + 1}: {r.seconds:.2f}s + sync {r.sync_seconds:.2f}s")
+            say(f"capped {tool} run {i + 1}: {r.seconds:.2f}s + sync {r.sync_seconds:.2f}s, {_per_gib(s, r)}")
     return {
         "rate_cap_per_connection": RATE_CAP,
         "runs": {t: [asdict(r) | {"total": r.total} for r in rs] for t, rs in runs.items()},

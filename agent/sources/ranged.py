@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import struct
 import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -29,7 +30,7 @@ from agent.errors import TransientError, transport_error
 # readinto fills it before returning, so every block but a body's last is this long: a
 # multiple of the page size that the transfer writes with O_DIRECT as it is. Bytes held
 # here when the process is killed are fetched again.
-BODY_BUFFER = 512 << 10
+BODY_BUFFER = 1 << 20
 _BODIES = BufferPool(BODY_BUFFER)
 MAX_IDLE_PER_ORIGIN = 32
 
@@ -56,34 +57,128 @@ class Reply:
 class Body:
     """Iterates over the body, each block a view of one lent buffer (valid until the next)."""
 
-    def __init__(self, response: http.client.HTTPResponse, buf: memoryview, what: str) -> None:
+    def __init__(
+        self, response: http.client.HTTPResponse, sock: socket.socket, buf: memoryview, what: str
+    ) -> None:
         self._response = response
+        self._sock = sock
         self._buf = buf
         self._what = what
         self.complete = False
 
     def blocks(self, skip: int, want: int) -> Iterator[memoryview]:
-        """Drop `skip` leading bytes, then yield exactly `want` bytes or raise TransientError."""
+        """Drop `skip` leading bytes, then yield exactly `want` bytes or raise TransientError.
+
+        Every block but the last fills the buffer. A body of known length (what a CDN sends for
+        a range) is read from the socket itself, one full buffer per call, after the few bytes
+        http.client's reader already holds; a chunked one goes through http.client.
+        """
+        response = self._response
+        length = None if response.chunked else response.length
         got = 0
-        buf = self._buf
         try:
+            if length is None:
+                yield from self._via_client(skip, want)
+                return
+            fill = _Filler(response, self._sock, length)
+            buf = self._buf
             while skip:
-                n = self._response.readinto(buf[: min(len(buf), skip)])
+                n = fill(buf[: min(len(buf), skip)])
                 if not n:
                     break
                 skip -= n
-            while got < want:
-                n = self._response.readinto(buf[: min(len(buf), want - got)])
+            while got < want and not skip:
+                n = fill(buf[: min(len(buf), want - got)])
                 if not n:
                     break
                 got += n
                 yield buf[:n]
+            # Reusable only when the server sent no more than we asked for.
+            self.complete = fill.left == 0
         except (OSError, http.client.HTTPException) as exc:
-            raise TransientError(f"{self._what}: {type(exc).__name__}: {exc}") from exc
+            raise TransientError(f"{self._what}: {_describe(exc)}") from exc
         if got < want:
             raise TransientError(f"{self._what}: body ended after {got} of {want} bytes")
-        # Reusable only when the server sent no more than we asked for.
+
+    def _via_client(self, skip: int, want: int) -> Iterator[memoryview]:
+        got = 0
+        buf = self._buf
+        while skip:
+            n = self._response.readinto(buf[: min(len(buf), skip)])
+            if not n:
+                break
+            skip -= n
+        while got < want:
+            n = _readinto_full(self._response, buf[: min(len(buf), want - got)])
+            if not n:
+                break
+            got += n
+            yield buf[:n]
+        if got < want:
+            raise TransientError(f"{self._what}: body ended after {got} of {want} bytes")
+        if self._response.chunked and not self._response.isclosed():
+            # A chunked body's terminator is read only by a read that finds no more bytes.
+            self._response.readinto(memoryview(bytearray(1)))
         self.complete = self._response.length == 0 or self._response.isclosed()
+
+
+def _readinto_full(response: http.client.HTTPResponse, view: memoryview) -> int:
+    """readinto until `view` is full or the body ends (a chunked body returns chunk by chunk)."""
+    got = 0
+    while got < len(view):
+        n = response.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BlockingIOError):  # SO_RCVTIMEO expired on the blocking socket
+        return "TimeoutError: timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Filler:
+    """Fills buffers with the next bytes of a body of known length, straight from the socket.
+
+    http.client's buffered reader may already hold the first bytes of the body (read along with
+    the headers): those are taken first. The rest is read with one recv per buffer on a plain
+    socket (MSG_WAITALL: the kernel waits until the buffer is full, so a slow or capped stream
+    costs one system call and one trip through Python per buffer, not one per packet), with the
+    socket blocking and SO_RCVTIMEO as the read timeout (no poll before every recv). TLS sockets
+    return a record at a time and are read in a loop.
+    """
+
+    def __init__(self, response: http.client.HTTPResponse, sock: socket.socket, length: int) -> None:
+        self._fp = response.fp
+        self._sock = sock
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self.left = length
+        self._buffered = True  # the reader may hold bytes until we have looked
+
+    def __call__(self, view: memoryview) -> int:
+        want = min(len(view), self.left)
+        if not want:
+            return 0
+        got = 0
+        if self._buffered:
+            held = len(self._fp.peek())  # reads the socket (timeout mode) only if it holds nothing
+            got = self._fp.readinto(view[: min(held, want)]) or 0
+            self._buffered = held > got  # the rest of a short body was already here
+            if not self._tls:
+                self._sock.settimeout(None)  # blocking: SO_RCVTIMEO times the reads from now on
+        sock = self._sock
+        while got < want:
+            if self._tls:
+                n = sock.recv_into(view[got:], want - got)
+            else:
+                n = sock.recv_into(view[got:], want - got, socket.MSG_WAITALL)
+            if not n:
+                break
+            got += n
+        self.left -= got
+        return got
 
 
 class RangedReader:
@@ -118,6 +213,13 @@ class RangedReader:
         assert conn.sock is not None
         conn.sock.settimeout(self._read_timeout)
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The read timeout of a body read on the blocking socket (see _Filler).
+        whole = int(self._read_timeout)
+        conn.sock.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            struct.pack("ll", whole, int((self._read_timeout - whole) * 1e6)),
+        )
         return conn
 
     def _checkin(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
@@ -149,13 +251,16 @@ class RangedReader:
             raise transport_error(what, parts.netloc.rpartition("@")[2], exc) from exc
         reply = Reply(response.status, _HeaderView(response.msg))
         body: Body | None = None
+        sock = conn.sock
+        assert sock is not None
         try:
             with _BODIES.lend() as buf:
-                body = Body(response, buf, what)
+                body = Body(response, sock, buf, what)
                 yield reply, body
         finally:
             if body is not None and body.complete and not response.will_close:
                 response.close()
+                sock.settimeout(self._read_timeout)  # the next reply's headers: a poll timeout
                 self._checkin(origin, conn)
             else:
                 conn.close()

@@ -8,6 +8,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,6 +27,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.mode = "ok"
+        self.release = threading.Event()
         self.connections = 0
         self.requests: list[tuple[str, str | None]] = []
 
@@ -60,6 +62,9 @@ class _Handler(BaseHTTPRequestHandler):
             a, b = rng.removeprefix("bytes=").split("-")
             first, last, status = int(a), int(b), 206
         body = DATA[first : last + 1]
+        if srv.mode == "chunked":
+            self._chunked(status, body)
+            return
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         if status == 206:
@@ -76,7 +81,28 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
             return
+        if srv.mode == "stall_body":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            srv.release.wait(10)
+            self.close_connection = True
+            return
+        if srv.mode == "trickle":
+            for i in range(0, len(body), 40_000):
+                self.wfile.write(body[i : i + 40_000])
+                self.wfile.flush()
+                time.sleep(0.001)
+            return
         self.wfile.write(body)
+
+    def _chunked(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(body), 100_000):
+            piece = body[i : i + 100_000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
 
 @pytest.fixture
@@ -86,6 +112,7 @@ def server() -> Iterator[_Server]:
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
 
@@ -174,3 +201,32 @@ def test_redirect_reply_is_handed_to_the_caller(server: _Server) -> None:
     reader = _reader()
     with reader.get(_url(server), {"Range": "bytes=0-9"}, "test") as (reply, _):
         assert reply.status == 302 and reply.headers.get("location") == "/final"
+
+
+def test_body_stalling_midway_times_out_as_transient(server: _Server) -> None:
+    """Headers and half the body, then silence: the body's own read timeout (SO_RCVTIMEO on the
+    blocking socket) ends it as a TransientError, and the half-read connection is not reused."""
+    server.mode = "stall_body"
+    reader = _reader(read_timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="test: TimeoutError: timed out"):
+        _fetch(reader, _url(server), 0, len(DATA))
+    assert time.monotonic() - started < 3
+    server.release.set()
+    server.mode = "ok"
+    assert _fetch(reader, _url(server), 0, 4096) == (206, DATA[:4096])
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize("mode", ["trickle", "chunked"])
+def test_slow_or_chunked_bodies_still_fill_whole_buffers(server: _Server, mode: str) -> None:
+    """A body arriving in small pieces (a capped CDN) or in chunks still comes out in whole buffers,
+    byte-exact, and the connection is kept for the next request."""
+    server.mode = mode
+    reader = _reader()
+    with reader.get(_url(server), {"Range": f"bytes=3-{len(DATA) - 1}"}, "test") as (_, body):
+        blocks = [bytes(b) for b in body.blocks(0, len(DATA) - 3)]
+    assert b"".join(blocks) == DATA[3:]
+    assert [len(b) for b in blocks] == [BODY_BUFFER] * 3 + [12342]
+    assert _fetch(reader, _url(server), 0, 10) == (206, DATA[:10])
+    assert server.connections == 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from agent.engine.job import Job
 from agent.engine.progress import Progress
 from agent.engine.splitter import REPROBE, REPROBE_AFTER_BACKOFF, SAMPLE_BYTES, SAMPLE_MAX_WAIT, Splitter
@@ -73,6 +75,24 @@ def test_a_settled_count_is_held_topped_up_and_probed_again(tmp_path: Path) -> N
     clock.now += REPROBE
     assert tick(80, 2) == 0 and split.growing, "re-probing: this tick starts the measurement"
     assert tick(100, 2) == 2 and split.target == 4
+
+
+@pytest.mark.parametrize(("gain", "target"), [(1.2, 2), (1.4, 4)])
+def test_a_step_that_pays_little_is_undone(tmp_path: Path, gain: float, target: int) -> None:
+    """Doubling the connections for a 1.2x rise (uncapped, CPU-bound: helpers only add page-cache
+    work) goes back to the level before; a 1.4x rise is kept but growth stops there."""
+    clock, progress = _Clock(), Progress()
+    job = _job(tmp_path, 400)
+    split = Splitter(128, progress, clock=clock, sample_bytes=0)
+
+    def tick(fetched: int, running: int) -> int:
+        clock.now += 1.0
+        progress.fetched = fetched
+        return len(split.helpers([job], running))
+
+    assert [tick(100, 2), tick(200, 2)] == [0, 2], "warm-up, then a first rate: try 4"
+    assert tick(200 + int(100 * gain), 4) == 0
+    assert not split.growing and split.target == target
 
 
 def test_429s_halve_the_count_and_hold_it_longer(tmp_path: Path) -> None:
