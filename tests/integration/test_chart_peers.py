@@ -348,7 +348,9 @@ def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[i
 def rendered_agent(helm: str, peer_hub: HubServer, tmp_path: Path) -> Iterator[tuple[podrun.Proc, int, int]]:
     """The rendered DaemonSet's agent (peers and token on) as a local process: (proc, API port,
     peer port). The headless Service's name stands for `localhost`: this agent alone."""
-    api_port, peer_port = free_port(), free_port()
+    api_port = peer_port = free_port()
+    while peer_port == api_port:
+        peer_port = free_port()
     values = tmp_path / "values.yaml"
     values.write_text(
         yaml.safe_dump(
@@ -404,10 +406,13 @@ def test_rendered_agent_serves_its_peer_port_with_the_token_file(
     assert status == 206 and body == WEIGHTS[100:1124]
     assert _get(peer_port, "/readyz", auth)[0] == 404  # the API stays on its own port
 
-    _, text = _get(api_port, "/metrics")
-    metrics = text.decode()
+    # The server counts a sendfile once it returns, which may be after the client has read it all.
+    served = re.compile(r"^model_cache_peer_served_bytes_total 1024\.0$", re.M)
+    deadline = time.monotonic() + 10
+    while not served.search(metrics := _get(api_port, "/metrics")[1].decode()):
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.05)
     assert re.search(r"^model_cache_peers_live 0\.0$", metrics, re.M), metrics
-    assert re.search(r"^model_cache_peer_served_bytes_total 1024\.0$", metrics, re.M), metrics
     origin = re.search(r'^model_cache_source_bytes_total\{source="origin"\} (\S+)$', metrics, re.M)
     assert origin and float(origin.group(1)) >= len(WEIGHTS), metrics
     assert PEER_TOKEN not in "\n".join(proc.lines)
