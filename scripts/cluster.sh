@@ -503,9 +503,13 @@ up() {
   build
   t1="$(now)"
   mkdir -p "$state" "$run" "$logs"
-  if ! pid_of kube-apiserver >/dev/null; then
-    rm -f "$logs"/*.log   # a fresh start: last run's logs go
-  fi
+  # A fresh start: last run's logs go. Not when something still runs (up restarting a stopped
+  # API server, as tests/cluster/test_node_labels.py does): those logs are still being written.
+  local name running=""
+  for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy cluster-dns; do
+    if pid_of "$name" >/dev/null; then running=1; fi
+  done
+  [[ -n "$running" ]] || rm -f "$logs"/*.log
   kubectl="$(kubectl_bin)"
   # Fixed host paths the components use whatever they are told: containerd's shim sockets and
   # runc state (/run/containerd), pods' network namespaces (/run/netns), the CNI result cache

@@ -11,6 +11,7 @@ unready, and the agent works the same when the API server is away.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -107,6 +108,8 @@ class NodeSync:
 
     def model_changed(self, change: StateChange) -> None:
         repo = change.model.id
+        if change.error:  # the Node is readable by many: no secret in it, as in a log line
+            change = dataclasses.replace(change, error=log.scrub(change.error))
         event = event_for(change)
         with self._cond:
             if change.state is None:

@@ -233,7 +233,8 @@ def test_labels_say_ready_and_the_pod_is_scheduled_then_serves(lab: Lab) -> None
     assert at >= ready_seen - 5, (scheduled, ready_seen)  # scheduled when the label said ready
     log = c.kubectl_ok("logs", "-n", "vllm", pod["metadata"]["name"], "-c", "vllm")
     assert "standin: loaded" in log, log
-    assert ready_condition(the_agent(c))
+    assert http_status(pod_url(the_agent(c), "/readyz")) == 200
+    poll("the agent pod's Ready condition (probe period 10 s)", lambda: ready_condition(the_agent(c)), 30)
 
 
 def test_state_changes_are_node_events(lab: Lab) -> None:

@@ -288,10 +288,12 @@ def test_state_changes_become_one_coalesced_patch_and_events(store: Store) -> No
 
     assert sync.step() and len(api.patches) == 1  # nothing changed: no patch
 
-    table.transition(b, Change.FAILED, error="hub said 500")
+    log.register_secret("hf_secret_token_value")
+    table.transition(b, Change.FAILED, error="hub said 500 to hf_secret_token_value")
     assert sync.step()
     assert api.ours()[f"{P}/org--b"] == "failed"
     assert api.events[-1]["type"] == "Warning" and "hub said 500" in api.events[-1]["message"]
+    assert "hf_secret_token_value" not in json.dumps(api.node) + json.dumps(api.events)
 
 
 def test_leaving_the_config_removes_the_label(store: Store) -> None:
