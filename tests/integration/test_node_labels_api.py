@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from agent import log
+from agent.devhub import HubServer
 from agent.node.kube import MERGE_PATCH, ApiError, InCluster, KubeClient
 from agent.node.labels import label_key
 from agent.node.nodesync import NodeSync, NodeTarget
+from tests.integration.agentproc import DEMO, AgentProc, eventually, start_agent
 
 NODE = "node-a"
 
@@ -180,3 +182,18 @@ def test_node_sync_over_http_keeps_foreign_labels(standin: StandIn, tmp_path: Pa
         assert event["reason"] == "ModelReady"
     finally:
         client.close()
+
+
+def test_an_agent_with_a_node_name_but_no_credentials_works_as_before(
+    tmp_path: Path, hub: HubServer, agents: list[AgentProc]
+) -> None:
+    """The plain CLI outside a pod: --node-name without a token logs that labels are off once,
+    makes no API call, and the model becomes ready as it always did."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models:\n  - id: {DEMO}\n")
+    env = {"PRELOAD_NODE_NAME": NODE, "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "1"}
+    agent = start_agent(agents, tmp_path, hub, config, tmp_path / "cache", **env)
+    off = agent.event("node_labels_off")
+    assert off["node"] == NODE and "token" in off["reason"]
+    eventually(lambda: agent.get("/readyz")[0] == 200, 30, "/readyz 200")
+    assert not [e for e in agent.events() if e.get("event", "").startswith("node_sync")]
