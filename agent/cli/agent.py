@@ -92,6 +92,7 @@ def agent_command(
     shelf = Shelf() if peers is not None else None
     opts = PreloadOptions(
         max_workers=root["max_workers"],
+        max_host_connections=root["max_host_connections"],
         chunk_size=root["chunk_size"],
         progress_interval=root["progress_interval"] or 5.0,
         drop_cache=root["drop_cache"],

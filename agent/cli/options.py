@@ -25,6 +25,7 @@ TRANSFER_OPTIONS = (
     "endpoint",
     "token_file",
     "max_workers",
+    "max_host_connections",
     "chunk_size",
     "max_request_span",
     "read_timeout",

@@ -124,6 +124,15 @@ def _passed_on(
     most=512,
 )
 @opt(
+    "--max-host-connections",
+    env="PRELOAD_MAX_HOST_CONNECTIONS",
+    type=click.IntRange(0, 4096),
+    default=0,
+    show_default="--max-workers",
+    help="Most connections to one host across every download of the process at once (the agent "
+    "runs several); 0: the same as --max-workers.",
+)
+@opt(
     "--chunk-size",
     env="PRELOAD_CHUNK_SIZE",
     type=ByteSize(auto=True),
@@ -206,6 +215,7 @@ def run_preload(**kw: Any) -> None:
     token_file = check_token_file(kw["token_file"])
     opts = PreloadOptions(
         max_workers=kw["max_workers"],
+        max_host_connections=kw["max_host_connections"],
         chunk_size=kw["chunk_size"],
         timeout=kw["timeout"],
         refresh=kw["refresh"],

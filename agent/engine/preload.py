@@ -29,6 +29,7 @@ class PreloadOptions:
     """Everything about how (not what) to preload."""
 
     max_workers: int = 128  # the most connections per download (the splitter settles below it)
+    max_host_connections: int = 0  # the most to one host across the process's downloads; 0: max_workers
     chunk_size: int = 0  # 0: chosen per file by the transfer
     timeout: float = 0.0  # whole operation; 0 = no limit
     refresh: bool = False
@@ -173,6 +174,7 @@ def _transfer(
     )
     topts = TransferOptions(
         max_workers=opts.max_workers,
+        max_host_connections=opts.max_host_connections,
         chunk_size=snap.chunk_size or opts.chunk_size,
         retry=policy,
         progress_interval=opts.progress_interval,

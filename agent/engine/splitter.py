@@ -35,6 +35,52 @@ SAMPLE_BYTES = 8 << 20
 SAMPLE_MAX_WAIT = 3.0
 
 
+class HostSlots:
+    """The connections every transfer in this process holds to one host, under one ceiling.
+
+    The agent runs several downloads at once, each with its own splitter; on their own they
+    would each grow to --max-workers against the same CDN. A file's stream waits for a slot
+    (`take_one`), helpers are started only into free ones (`take`), and every connection gives
+    its slot back when it ends.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def free(self) -> int:
+        with self._cond:
+            return max(0, self.limit - self.used)
+
+    def take_one(self, check: Callable[[], None], poll: float = SPLIT_TICK) -> None:
+        """One slot, waiting for it; `check` raises to stop waiting (a cancelled transfer)."""
+        with self._cond:
+            while self.used >= self.limit:
+                check()
+                self._cond.wait(poll)
+            self.used += 1
+
+    def give(self, n: int = 1) -> None:
+        with self._cond:
+            self.used = max(0, self.used - n)
+            self._cond.notify(n)
+
+
+_HOSTS: dict[str, HostSlots] = {}
+_HOSTS_LOCK = threading.Lock()
+
+
+def host_slots(host: str, limit: int) -> HostSlots:
+    """The process's slots for `host`; the ceiling is the latest transfer's (one setting per process)."""
+    with _HOSTS_LOCK:
+        slots = _HOSTS.get(host)
+        if slots is None:
+            slots = _HOSTS[host] = HostSlots(limit)
+        slots.limit = max(1, limit)
+        return slots
+
+
 def auto_chunk_size(size: int, total: int, workers: int) -> int:
     """Cut a file by its share of the connections: the files together get about `workers` chunks.
 
@@ -71,8 +117,10 @@ class Splitter:
         clock: Callable[[], float] = time.monotonic,
         sample_bytes: int = SAMPLE_BYTES,
         reprobe: float = math.inf,
+        slots: HostSlots | None = None,
     ) -> None:
         self.max = max_workers
+        self.slots = slots if slots is not None else HostSlots(max_workers)
         self.progress = progress
         self._clock = clock  # a test's own clock: the decisions depend only on rates over time
         self._sample_bytes = sample_bytes
@@ -130,8 +178,10 @@ class Splitter:
             self._reset()
             self.warm = True  # these connections are established: the next tick is a rate
             return []
-        if running >= self.max:
-            self._reset()  # every worker is busy: measure afresh once one frees up
+        if running >= self.max or not self.slots.free():
+            # Every worker is busy, or the host's slots are all held (other downloads too):
+            # measure afresh once one frees up.
+            self._reset()
             return []
         now, fetched = self._clock(), self.progress.fetched
         elapsed = now - self.mark[0]
@@ -165,10 +215,15 @@ class Splitter:
         """Another chunk for a helper that finished one, if the count allows it (claimed)."""
         if not self.keep(running):
             return None
-        picks = self._claim(jobs, 1)
+        picks = self._pick(jobs, 1)  # it keeps the host slot it holds
         return picks[0] if picks else None
 
     def _claim(self, jobs: list[Job], count: int) -> list[tuple[Job, int]]:
+        """Chunks for up to `count` new helpers, no more than the host has free slots for (each
+        task takes its slot when it starts: another download may have taken one since)."""
+        return self._pick(jobs, min(count, self.slots.free()))
+
+    def _pick(self, jobs: list[Job], count: int) -> list[tuple[Job, int]]:
         picks: list[tuple[Job, int]] = []
         for _ in range(count):
             candidates = [(left, j) for j in jobs if (left := j.unclaimed_bytes()) > 0]

@@ -28,7 +28,7 @@ from agent.engine.job import JOURNAL_EVERY, Job
 from agent.engine.plan import group, present, same_size
 from agent.engine.progress import Progress, ProgressReporter
 from agent.engine.sharing import Shared, Shelf
-from agent.engine.splitter import SPLIT_TICK, Splitter, auto_chunk_size
+from agent.engine.splitter import SPLIT_TICK, Splitter, auto_chunk_size, host_slots
 from agent.errors import DeadlineExceeded, IntegrityError, PreloadError, Throttled, TransientError
 from agent.sources.base import Block, HashFeedback, Layered, Snapshot, Source
 from agent.spec import ModelSpec
@@ -48,6 +48,7 @@ class TransferOptions:
     """Knobs for one transfer."""
 
     max_workers: int = 128  # the most connections; the splitter settles on how many help
+    max_host_connections: int = 0  # across every transfer in the process to one host; 0: max_workers
     chunk_size: int = 0  # 0: auto_chunk_size
     retry: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     verify_attempts: int = 2
@@ -79,7 +80,11 @@ class Transfer:
         self._stop = threading.Event()
         self._dirs = PendingDirs()
         self._model_bytes = 0
-        self._split = Splitter(opts.max_workers, progress)  # one per round (see _round)
+        # Connections to the source's host, counted with the process's other transfers.
+        self._slots = host_slots(
+            f"{snap.source} {snap.endpoint}", opts.max_host_connections or opts.max_workers
+        )
+        self._split = Splitter(opts.max_workers, progress, slots=self._slots)  # one per round (see _round)
         self._log = log.get()
         self._pulls: queue.SimpleQueue[tuple[Job, int, bool]] = queue.SimpleQueue()
         self._pull_lock = threading.Lock()
@@ -145,7 +150,7 @@ class Transfer:
         failed: list[Job] = []
         failed_lock = threading.Lock()
 
-        split = self._split = Splitter(self.opts.max_workers, self.progress)
+        split = self._split = Splitter(self.opts.max_workers, self.progress, slots=self._slots)
 
         def guarded(job: Job, idx: int | None, origin: bool = False) -> None:
             try:
@@ -167,6 +172,7 @@ class Transfer:
                         failed.append(job)
 
         def task(job: Job, idx: int | None, origin: bool = False) -> None:
+            self._slots.take_one(self.check)
             self.progress.connection(+1)
             try:
                 guarded(job, idx, origin)
@@ -176,6 +182,7 @@ class Transfer:
                     guarded(job, idx)
             finally:
                 self.progress.connection(-1)
+                self._slots.give()
 
         futures: list[Future[None]] = []
         shared = self._share(jobs)
