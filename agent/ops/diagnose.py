@@ -11,13 +11,17 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.engine.plan import select
 from agent.errors import PreloadError, UsageError
-from agent.store import inventory
+from agent.manifest import RemoteFile
+from agent.sources.base import SourceFactory
+from agent.spec import ModelSpec
+from agent.store import Store, inventory
 from agent.store.paths import CachePaths
 from agent.store.space import disk_usage
 from agent.units import fmt_bytes
@@ -38,6 +42,9 @@ class ModelEstimate:
     bytes: int
     cold_read_s: float  # reading every file once from the disk (what vLLM's load costs)
     download_s: float  # fetching it verified at the given link rate, bounded by disk and CPU
+    # Where its size came from: "cache" (published under DIR), "listing" (its sources, for a
+    # configured model not here yet), or why it is unknown (then bytes and times are 0).
+    sized_by: str = "cache"
 
 
 @dataclass(frozen=True)
@@ -170,12 +177,55 @@ def diagnose(dest: Path, test_bytes: int = DEFAULT_TEST_BYTES, link_bps: float =
     return replace(base, models=estimates(base, rows))
 
 
-def estimates(d: Diagnosis, models: Iterable[tuple[str, str, int, int]]) -> tuple[ModelEstimate, ...]:
+def estimates(
+    d: Diagnosis, models: Iterable[tuple[str, str, int, int]], sized_by: str = "cache"
+) -> tuple[ModelEstimate, ...]:
     """(repo, layout, bytes, files) -> what each costs on the node `d` describes."""
     return tuple(
-        ModelEstimate(repo, layout, size, round(size / d.read_bps, 2), round(size / d.download_bps(files), 2))
+        ModelEstimate(
+            repo, layout, size, round(size / d.read_bps, 2), round(size / d.download_bps(files), 2), sized_by
+        )
         for repo, layout, size, files in models
     )
+
+
+def configured(
+    d: Diagnosis, dest: Path, models: Iterable[tuple[ModelSpec, Sequence[SourceFactory]]]
+) -> Diagnosis:
+    """`d` with predictions for the models an agent config names, in its order, instead of those
+    found under DIR: a published one by its manifest, another by its sources' listing (the first
+    that answers; include/exclude applied, as a preload would select). One that no source lists
+    gets a row saying why, and the other rows still come."""
+    store = Store(dest)
+    rows: list[ModelEstimate] = []
+    for spec, sources in models:
+        marker = store.read_marker(spec)
+        if marker is not None:
+            rows += estimates(d, [(spec.repo, spec.layout.value, marker.total_bytes, len(marker.files))])
+            continue
+        try:
+            files = _listed(spec, sources)
+        except PreloadError as exc:
+            rows.append(ModelEstimate(spec.repo, spec.layout.value, 0, 0.0, 0.0, f"unknown: {exc}"))
+            continue
+        size = sum(f.size for f in files)
+        rows += estimates(d, [(spec.repo, spec.layout.value, size, len(files))], sized_by="listing")
+    return replace(d, models=tuple(rows))
+
+
+def _listed(spec: ModelSpec, sources: Sequence[SourceFactory]) -> tuple[RemoteFile, ...]:
+    """The files a preload of `spec` would select, from the first source that lists it."""
+    error: PreloadError = PreloadError("no source")
+    for factory in sources:
+        source = factory()
+        try:
+            snap, _ = select(spec, source.snapshot(spec), None)
+            return snap.files
+        except PreloadError as exc:
+            error = exc
+        finally:
+            source.close()
+    raise error
 
 
 def render(d: Diagnosis) -> str:
@@ -194,9 +244,13 @@ def render(d: Diagnosis) -> str:
         lines.append("")
         lines.append(f"{'MODEL':<{width}}  {'LAYOUT':<8}  {'SIZE':>10}  {'COLD READ':>10}  {'DOWNLOAD':>10}")
         for m in d.models:
+            if m.sized_by.startswith("unknown"):
+                lines.append(f"{m.repo:<{width}}  {m.layout:<8}  {m.sized_by}")
+                continue
+            note = "  (not here yet: size from its listing)" if m.sized_by == "listing" else ""
             lines.append(
                 f"{m.repo:<{width}}  {m.layout:<8}  {fmt_bytes(m.bytes):>10}  "
-                f"{m.cold_read_s:>9.1f}s  {m.download_s:>9.1f}s"
+                f"{m.cold_read_s:>9.1f}s  {m.download_s:>9.1f}s{note}"
             )
     return "\n".join(lines) + "\n"
 

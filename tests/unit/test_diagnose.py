@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import agent.cli.main  # noqa: F401 - registers the subcommands
+from agent.cli.main import main  # registers the subcommands too
 from agent.cli.root import cli
-from agent.errors import UsageError
+from agent.devhub import HubFile, HubRepo
+from agent.errors import ExitCode, UsageError
 from agent.node import metrics
 from agent.ops.diagnose import BLOCK, Diagnosis, diagnose, estimates, render
+from tests.hubfixtures import HubFactory
 
 MB = 1_000_000
 
@@ -71,3 +73,75 @@ def test_the_agent_exports_the_figures() -> None:
     text = metrics.exposition()[0].decode()
     assert "model_cache_disk_read_bytes_per_second 2e+09" in text
     assert 'model_cache_model_cold_read_seconds{model="org/model"} 0.5' in text
+
+
+def test_an_agent_config_gets_a_prediction_per_named_model(hub_factory: HubFactory, tmp_path: Path) -> None:
+    """--config: the models it names, in its order: a published one sized by its manifest, one not
+    here yet by its listing (its include/exclude applied), one no source lists gets a row saying
+    why; models under DIR that the config does not name are left out."""
+    big = b"w" * (3 * MB)
+    hub = hub_factory(
+        [
+            HubRepo("org/here", [HubFile("config.json", data=b"{}"), HubFile("model.safetensors", data=big)]),
+            HubRepo(
+                "org/there",
+                [
+                    HubFile("config.json", data=b'{"a": 1}'),
+                    HubFile("model.safetensors", data=big + big),
+                    HubFile("notes.bin", data=b"n" * MB),
+                ],
+            ),
+            HubRepo("org/unnamed", [HubFile("config.json", data=b"{}")]),
+        ]
+    )
+    dest = tmp_path / "cache"
+    dest.mkdir()
+    runner = CliRunner()
+    for repo in ("org/here", "org/unnamed"):
+        done = runner.invoke(cli, ["--model", repo, "--dest", str(dest), "--endpoint", hub.url])
+        assert done.exit_code == 0, done.output
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "models:\n  - id: org/missing\n  - id: org/there\n    exclude: ['*.bin']\n  - org/here\n"
+    )
+    args = [
+        "diagnose",
+        "--dest",
+        str(dest),
+        "--test-size",
+        "4MiB",
+        "--config",
+        str(config),
+        "--endpoint",
+        hub.url,
+    ]
+    result = runner.invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {m["repo"]: m for m in json.loads(result.output)["models"]}
+    assert list(rows) == ["org/missing", "org/there", "org/here"]
+    assert rows["org/here"]["sized_by"] == "cache" and rows["org/here"]["bytes"] == len(big) + 2
+    assert rows["org/there"]["sized_by"] == "listing" and rows["org/there"]["bytes"] == 2 * len(big) + 8
+    assert rows["org/there"]["download_s"] > 0 and rows["org/there"]["cold_read_s"] > 0
+    assert (
+        rows["org/missing"]["sized_by"].startswith("unknown: ")
+        and "not found" in rows["org/missing"]["sized_by"]
+    )
+    assert rows["org/missing"]["bytes"] == 0
+    text = runner.invoke(cli, args)
+    assert text.exit_code == 0, text.output
+    assert "not here yet" in text.output and "org/missing  dir       unknown: " in text.output
+
+
+def test_a_bad_config_is_a_usage_error_before_anything_is_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config the agent would refuse is refused here too (exit 2), and no test file is written."""
+    config = tmp_path / "config.yaml"
+    config.write_text("models:\n  - id: not-a-model-id\n")
+    dest = tmp_path / "cache"
+    dest.mkdir()
+    with pytest.raises(SystemExit) as exited:
+        main(["diagnose", "--dest", str(dest), "--config", str(config)])
+    assert exited.value.code == ExitCode.USAGE
+    assert "models[0]" in capsys.readouterr().err
+    assert list(dest.iterdir()) == []
