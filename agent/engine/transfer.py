@@ -294,7 +294,9 @@ class Transfer:
                 source = self._origin if origin else self.source
                 with source.open_range(self.spec, self.snap, job.file, pos, end) as stream:
                     self._split.latency(time.monotonic() - asked)
-                    if job.ingest.dfd is not None and pos % DIRECT_ALIGN == 0 and not helper:
+                    # With peers, what lands is soon read again for them: keep it in the page cache.
+                    direct = job.ingest.dfd is not None and self.opts.shelf is None
+                    if direct and pos % DIRECT_ALIGN == 0 and not helper:
                         stream_direct(job, idx, stream, pos, self)
                     else:
                         job.cached[idx] = True

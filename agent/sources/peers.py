@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import log
-from agent.errors import PreloadError, TransientError
+from agent.errors import ConnectionRefused, PreloadError, TransientError
 from agent.manifest import RemoteFile
 from agent.sources.base import Block, Snapshot, Source, SourceFactory
 from agent.sources.peerclient import PeerClient, PeerMiss, PeerStats
@@ -38,11 +38,11 @@ MAX_ASKED = 2  # peers asked for one piece before the origin (each miss is one r
 SEEDERS_TTL = 10.0  # seconds a file's list of peers holding all of it is trusted
 NO_SEEDERS_TTL = 3.0  # ... and that no peer holds it (nodes finish files all the time)
 SEEDER, OWNER, PREVIOUS = "seeder", "owner", "previous"
-# Nodes told to fetch a model at once start within moments of each other: an owner that has
-# not listed the model yet answers "not here" at first. For this long after our own listing a
-# miss is asked again (every MISS_RETRY seconds) instead of fetching the piece from the origin
-# twice.
-START_GRACE = 3.0
+# Nodes told to fetch a model at once (a rollout) start within seconds of each other: an owner
+# that is not listening yet refuses, one that has not listed the model yet answers "not here".
+# For this long after our own listing either is asked again (every MISS_RETRY seconds) instead
+# of fetching the piece from the origin twice.
+START_GRACE = 5.0
 MISS_RETRY = 0.25
 COMPUTED = "source-computed"  # no expected hash before the copy: nothing to address peers by
 
@@ -171,7 +171,7 @@ class PeeredSource:
             cm = self._client.open(peer, file, start, end, fetch=role != PREVIOUS)
             try:
                 return cm, cm.__enter__()
-            except PeerMiss:
+            except (PeerMiss, ConnectionRefused):
                 if role != OWNER or time.monotonic() - self._listed > START_GRACE:
                     raise
             time.sleep(MISS_RETRY)

@@ -17,6 +17,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,9 @@ class Cluster:
             (tmp_path / f"cache{i}").mkdir()
 
     def start(self) -> Cluster:
-        for a in self.agents:
-            a.start()
+        """Start every agent at once, as a DaemonSet rollout does."""
+        with ThreadPoolExecutor(len(self.agents)) as pool:
+            list(pool.map(AgentProc.start, self.agents))
         return self
 
     def stop(self) -> None:
