@@ -52,6 +52,7 @@ class Sample:
     cpu: float
     max_rss_mb: float
     connections: int | None = None  # preload: the most it ran at once
+    load: float = 0.0  # the machine's 1-minute load average when the run ended (2 cores: > 2 is contention)
     stderr: str = ""
 
 
@@ -103,12 +104,13 @@ def timed(argv: list[str], env: dict[str, str]) -> Sample:
             if isinstance(event, dict) and event.get("event") == "preload_complete":
                 connections = event.get("connections")
     return Sample(
-        ended - started,
-        ended - synced,
-        usage.ru_utime + usage.ru_stime,
-        peak[0] if peak else 0.0,
-        connections,
-        err,
+        seconds=ended - started,
+        sync_seconds=ended - synced,
+        cpu=usage.ru_utime + usage.ru_stime,
+        max_rss_mb=peak[0] if peak else 0.0,
+        connections=connections,
+        load=float(Path("/proc/loadavg").read_text().split()[0]),
+        stderr=err,
     )
 
 
@@ -353,6 +355,17 @@ def check_copy(dst: Path, tool: str, total: int) -> None:
         raise SystemExit(f"{tool} copied {got} bytes of {total}")
 
 
+def sha256_cpu_per_gib() -> float:
+    """CPU seconds hashlib's sha256 takes per GiB on this machine (256 MiB in 1 MiB blocks)."""
+    import hashlib
+
+    block, h = os.urandom(1 << 20), hashlib.sha256()
+    cpu0 = time.process_time()
+    for _ in range(256):
+        h.update(block)
+    return (time.process_time() - cpu0) * 4
+
+
 def write_results(
     args: argparse.Namespace,
     facts: dict[str, object],
@@ -391,6 +404,14 @@ def write_results(
             + " |"
         )
     lines += [f"| {name} | not run: tool missing | | | | | |" for name in sorted(missing)]
+    loads = [s.load for samples in runs.values() for s in samples]
+    if loads:
+        lines += [
+            "",
+            f"Machine load (1-minute average at the end of each run): {min(loads):.1f} to {max(loads):.1f} "
+            f"on {facts['cpus']} CPUs"
+            + (": shared with other work, so times are noisy." if max(loads) > 3 else "."),
+        ]
     others = {n: v for n, v in med.items() if n != PRELOAD_CASE}
     targets: dict[str, object] = {}
     lines += ["", "| target | value | met |", "| --- | --- | --- |"]
@@ -406,8 +427,14 @@ def write_results(
         rss = rss_max[PRELOAD_CASE]
         targets["preload_peak_rss_mb"] = {"value": round(rss, 1), "met": rss <= 200}
         lines.append(f"| preload peak RSS <= 200 MB | {rss:.0f} MB | {'yes' if rss <= 200 else '**NO**'} |")
+    sha = sha256_cpu_per_gib()
     lines += ["", "CPU of this process per GiB read from the bucket (one stream, 64 MiB ranges):", ""]
     lines += [f"- {name}: {value:.2f} CPU-s/GiB" for name, value in cpu.items()]
+    lines += [
+        f"- for scale, sha256 alone (hashlib, in memory): {sha:.2f} CPU-s/GiB, {sha * gib:.1f} CPU-s for "
+        "this model: the verification preload does and the others do not (multipart ETags are no "
+        "content hash; rclone checks the MD5 of single-part objects only)",
+    ]
     lines += [
         "",
         f"Machine: {facts['cpus']} x {facts['cpu_model']}, {facts['mem']}, Linux {facts['kernel']}, "
@@ -432,6 +459,7 @@ def write_results(
         "not_run": sorted(missing),
         "targets": targets,
         "reader_cpu_s_per_gib": cpu,
+        "sha256_cpu_s_per_gib": round(sha, 3),
         "elapsed_s": round(elapsed, 1),
     }
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
