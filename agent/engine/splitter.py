@@ -4,6 +4,7 @@ ranged connections while the aggregate rate rises, then holds the count it settl
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import threading
 import time
@@ -33,6 +34,28 @@ LATENCY_MARGIN = 0.25  # ... and at least this many seconds slower (loopback lat
 # many bytes per connection (quantisation 1/8), or for SAMPLE_MAX_WAIT on a stalled link.
 SAMPLE_BYTES = 8 << 20
 SAMPLE_MAX_WAIT = 3.0
+# Threads of this process waiting for a CPU, on average over a measurement: from this many the
+# CPU, not the link, limits the rate (uncapped on a small node, or a busy one), and more
+# connections would only add helpers' page-cache work. A throttled pod's waits count too.
+CPU_STARVED = 0.5
+
+
+def cpu_wait_s() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU, summed
+    (schedstat's run delay); None where the kernel does not report it. Blocked in recv or on
+    the GIL is not waiting for a CPU: only contention for the cores shows here."""
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that has just ended
+    return total / 1e9 if tids else None
 
 
 class HostSlots:
@@ -118,11 +141,13 @@ class Splitter:
         sample_bytes: int = SAMPLE_BYTES,
         reprobe: float = math.inf,
         slots: HostSlots | None = None,
+        cpu_wait: Callable[[], float | None] = cpu_wait_s,
     ) -> None:
         self.max = max_workers
         self.slots = slots if slots is not None else HostSlots(max_workers)
         self.progress = progress
         self._clock = clock  # a test's own clock: the decisions depend only on rates over time
+        self._cpu_wait = cpu_wait
         self._sample_bytes = sample_bytes
         # Re-probing a settled count every few seconds raised peak memory with the model's size
         # (each probe doubles the connections for a while: 3 x 4 GiB peaked at 79 MB against
@@ -142,6 +167,7 @@ class Splitter:
 
     def _reset(self) -> None:
         self.mark = (self._clock(), self.progress.fetched)
+        self._wait_mark = self._cpu_wait()
         self.warm = False  # the first tick after a reset covers connection set-up: not a rate
         self.last_rate: float | None = None
 
@@ -191,6 +217,7 @@ class Splitter:
             return []
         rate = (fetched - self.mark[1]) / elapsed
         self.mark = (now, fetched)
+        starved = self._starved(elapsed)
         if not self.warm:
             self.warm = True
             return []
@@ -201,6 +228,13 @@ class Splitter:
             # The last step did not pay in full: keep it if it helped somewhat, else go back to
             # the level before it (the extra helpers end with their chunk).
             self._settle(running if rate >= self.last_rate * SETTLE_GAIN else max(1, self._level))
+            return []
+        if starved and self.last_rate is None:
+            # The files' own streams already keep the cores busy (uncapped on a small or busy
+            # node): helpers could only add page-cache work. Asked before the first step only:
+            # behind a per-connection cap the streams alone leave the CPU idle, and once the
+            # count grows in proportion to the rate, the connections are what carry it.
+            self._settle(max(1, running))
             return []
         # Doubling the connections doubled the rate: a per-connection cap, so grow faster.
         proportional = self.last_rate is not None and rate >= self.last_rate * SPLIT_PROPORTIONAL
@@ -235,6 +269,14 @@ class Splitter:
                 break
             picks.append((job, idx))
         return picks
+
+    def _starved(self, elapsed: float) -> bool:
+        """Whether this process's threads waited for a CPU CPU_STARVED of the time since the mark."""
+        before, now = self._wait_mark, self._cpu_wait()
+        self._wait_mark = now
+        if before is None or now is None:
+            return False
+        return max(0.0, now - before) / max(elapsed, 1e-9) >= CPU_STARVED
 
     def _congested(self) -> bool:
         """Whether requests now take much longer to answer than they did at the start."""

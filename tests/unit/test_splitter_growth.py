@@ -10,7 +10,14 @@ import pytest
 
 from agent.engine.job import Job
 from agent.engine.progress import Progress
-from agent.engine.splitter import REPROBE, REPROBE_AFTER_BACKOFF, SAMPLE_BYTES, SAMPLE_MAX_WAIT, Splitter
+from agent.engine.splitter import (
+    REPROBE,
+    REPROBE_AFTER_BACKOFF,
+    SAMPLE_BYTES,
+    SAMPLE_MAX_WAIT,
+    Splitter,
+    cpu_wait_s,
+)
 from agent.integrity import SHA256, Digest
 from agent.manifest import RemoteFile
 
@@ -93,6 +100,31 @@ def test_a_step_that_pays_little_is_undone(tmp_path: Path, gain: float, target: 
     assert [tick(100, 2), tick(200, 2)] == [0, 2], "warm-up, then a first rate: try 4"
     assert tick(200 + int(100 * gain), 4) == 0
     assert not split.growing and split.target == target
+
+
+def test_threads_waiting_for_a_cpu_stop_the_growth(tmp_path: Path) -> None:
+    """Uncapped on a small or busy node the streams keep the cores busy: with the process's threads
+    waiting for a CPU half the time, no helper is added. Once the count has grown with the rate
+    (a per-connection cap) it goes on growing; without the kernel's figures it grows as well."""
+    waited = [0.0]
+    for starving_from, expected in ((0, 0), (1, 2 + 12 + 48), (None, 2 + 12 + 48)):
+        clock, progress = _Clock(), Progress()
+        job = _job(tmp_path, 400)
+        waited[0] = 0.0
+
+        def cpu_wait(from_tick: int | None = starving_from) -> float | None:
+            return None if from_tick is None else waited[0]
+
+        split = Splitter(128, progress, clock=clock, sample_bytes=0, cpu_wait=cpu_wait)
+        added = 0
+        for i, fetched in enumerate((100, 200, 400, 800)):
+            clock.now += 1.0
+            progress.fetched = fetched
+            if starving_from is not None and i > starving_from:
+                waited[0] += 0.8  # 0.8 threads waiting on average over this second
+            added += len(split.helpers([job], 2 + added))
+        assert added == expected, (starving_from, added)
+    assert cpu_wait_s() is None or cpu_wait_s() >= 0
 
 
 def test_429s_halve_the_count_and_hold_it_longer(tmp_path: Path) -> None:
