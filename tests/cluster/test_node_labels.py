@@ -8,8 +8,10 @@ The tests run in order and build on each other: the chart is installed with
 they say `ready` and the pod is scheduled and serves; the Events are there for `kubectl get
 events` and `kubectl describe node`; the agent's own token is refused by the admission policy
 on a second Node object and on a foreign label; a model removed from the ConfigMap loses its
-label in the running agent; and with the API server stopped a new model still downloads and
-the agent stays live and ready, the label catching up once the API server is back.
+label in the running agent; the preferred-affinity example, with no warm node, is scheduled
+anyway and waits in its init container; and with the API server stopped a new model (that
+example's) still downloads and the agent stays live and ready, the label catching up once the
+API server is back and the waiting pod served.
 
 The examples are made runnable as in test_cluster.py (its `example()`), with the label key of
 the example's model swapped for the test model's.
@@ -59,7 +61,7 @@ NS = "model-cache"
 RELEASE = "model-cache"
 M_SERVE = "demo-org/model-labels"  # served by the required-affinity example
 M_GONE = "demo-org/model-removed"  # removed from the ConfigMap later
-M_OFFLINE = "demo-org/model-offline"  # downloaded while the API server is stopped
+M_OFFLINE = "demo-org/model-offline"  # the preferred-affinity example's; fetched with the API server away
 MODELS = (M_SERVE, M_GONE, M_OFFLINE)
 OTHER_NODE = "gpu-node-2"  # a Node object with no kubelet: the agent's token must not touch it
 API_DOWN = 20.0  # seconds the API server stays stopped
@@ -316,6 +318,27 @@ def test_a_model_removed_from_the_config_loses_its_label(lab: Lab) -> None:
     )
 
 
+def test_the_preferred_affinity_pod_falls_back_to_waiting(lab: Lab) -> None:
+    """No node is warm for a model not configured yet: the preferred-affinity example is
+    scheduled anyway and waits in its init container (served in the next test)."""
+    c = lab.cluster
+    docs = example("vllm-deployment-prefer-warm.yaml", M_OFFLINE)
+    docs = swap(docs, {label_key(EXAMPLE_MODEL): label_key(M_OFFLINE)})
+    out = c.apply(docs)
+    assert out.returncode == 0, out.stderr
+    sel = "app.kubernetes.io/name=vllm-qwen-prefer"
+
+    def waiting() -> bool:
+        pods = c.get("pods", "-n", "vllm", "-l", sel)["items"]
+        if len(pods) != 1 or pods[0]["spec"].get("nodeName") != NODE:
+            return False
+        statuses = pods[0]["status"].get("initContainerStatuses", [])
+        return any(s["name"] == "wait-for-model" and "running" in s["state"] for s in statuses)
+
+    poll("the preferred-affinity pod to be scheduled and wait", waiting, 120, lambda: c.events("vllm"))
+    assert label_of(c, M_OFFLINE) is None
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -381,3 +404,8 @@ def test_the_api_server_away_does_not_disturb_downloads_or_readiness(lab: Lab) -
     assert after["status"]["containerStatuses"][0]["restartCount"] == 0
     assert "node_sync_recovered" in agent_log(c)
     assert http_status(pod_url(after, "/readyz")) == 200
+    # The preferred-affinity pod that waited on this cold node is served now.
+    out = c.kubectl_run(
+        "rollout", "status", "-n", "vllm", "deployment/vllm-qwen-prefer", "--timeout=180s", timeout=200
+    )
+    assert out.returncode == 0, out.stdout + out.stderr + c.events("vllm")
