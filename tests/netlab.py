@@ -17,13 +17,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import ctypes
-import hashlib
-import ipaddress
 import itertools
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -40,28 +36,34 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, TypeVar
 
+if not __package__:  # run as a script (the CLI): the repository root makes `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.netns import (
+    GRACE,
+    NETNS_ETC,
+    OURS,
+    PREFIX,
+    LabError,
+    destroy_namespace,
+    in_namespace,
+    kill_all,
+    namespaces,
+    owner_pid,
+    pick_subnet,
+    pid_alive,
+    sh,
+    sweep_stale,
+    unavailable,
+)
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "pl"
-OURS = re.compile(r"^pl(\d+)-[a-z0-9-]+$")
-NETNS_ETC = Path("/etc/netns")
 MB = 1_000_000
 DNS_NAME = "peers.lab"
 SWITCH = "sw"
 HUB = "hub"
 BRIDGE = "br0"
-CLONE_NEWNET = 0x40000000
-TOOLS = ("ip", "tc", "dnsmasq", "getent")
-# Seconds a process gets between SIGTERM and SIGKILL when a lab comes down.
-GRACE = 5.0
-
-
-class LabError(RuntimeError):
-    """A lab command failed."""
-
-
-class ForeignNamespace(LabError):
-    """Refused: the namespace is not one of ours (or not this run's)."""
 
 
 @dataclass(frozen=True)
@@ -80,170 +82,6 @@ class LinkBytes:
 
     sent: int
     received: int
-
-
-def sh(*argv: str, check: bool = True) -> str:
-    """Run a command; its stdout (LabError with its stderr when it fails and `check`)."""
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if check and done.returncode:
-        raise LabError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def namespaces() -> list[str]:
-    """Every named network namespace on the machine (ours or not; read-only)."""
-    out = sh("ip", "-j", "netns", "list").strip()
-    return [entry["name"] for entry in json.loads(out)] if out else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner(ns: str) -> int:
-    match = OURS.match(ns)
-    if not match:
-        raise ForeignNamespace(f"refusing to touch {ns!r}: not a netlab namespace ({PREFIX}<pid>-...)")
-    return int(match[1])
-
-
-def destroy_namespace(ns: str) -> None:
-    """Kill every process in one of our namespaces, delete it and its /etc/netns dir."""
-    _owner(ns)
-    _kill_all([ns])
-    if ns in namespaces():
-        sh("ip", "netns", "del", ns)
-    shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
-
-
-def _kill_all(nss: Sequence[str]) -> None:
-    """SIGTERM every process in these namespaces, SIGKILL what is left after GRACE."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        deadline = time.monotonic() + GRACE
-        while True:
-            pids = [int(p) for ns in nss if ns in namespaces() for p in sh("ip", "netns", "pids", ns).split()]
-            pids = [p for p in pids if p != os.getpid()]
-            if not pids or time.monotonic() > deadline:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            time.sleep(0.1)
-        if not pids:
-            return
-
-
-def sweep_stale() -> list[str]:
-    """Remove the namespaces of runs whose process is gone (a killed run); the names removed."""
-    stale = [ns for ns in namespaces() if OURS.match(ns) and not _alive(_owner(ns))]
-    for ns in stale:
-        destroy_namespace(ns)
-    for path in NETNS_ETC.glob(f"{PREFIX}*-*") if NETNS_ETC.is_dir() else ():
-        if OURS.match(path.name) and not _alive(_owner(path.name)) and path.name not in namespaces():
-            shutil.rmtree(path, ignore_errors=True)
-    return stale
-
-
-def unavailable() -> str | None:
-    """Why a lab cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        return f"missing {', '.join(missing)} (apt-get install iproute2 dnsmasq-base)"
-    probe = f"{PREFIX}{os.getpid()}-probe"
-    try:
-        sh("ip", "netns", "add", probe)
-        sh("ip", "-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
-        sh("tc", "-n", probe, "qdisc", "add", "dev", "p0", "root", "tbf", "rate", "8mbit", "burst", "64kb",
-           "latency", "50ms")  # fmt: skip
-    except LabError as exc:
-        return f"cannot build a namespace with a capped veth here: {exc}"
-    finally:
-        if probe in namespaces():
-            sh("ip", "netns", "del", probe, check=False)
-    return None
-
-
-def _pick_subnet(pid: int) -> str:
-    """10.213.K: a /24 overlapping no route of the root namespace (read, never changed)."""
-    routes = [r["dst"] for r in json.loads(sh("ip", "-j", "-4", "route", "show", "table", "all") or "[]")]
-    taken = [ipaddress.ip_network(d, strict=False) for d in routes if d[0].isdigit()]
-    for i in range(230):
-        k = 20 + (pid + i) % 230
-        net = ipaddress.ip_network(f"10.213.{k}.0/24")
-        if not any(net.overlaps(t) and t.prefixlen > 0 for t in taken):
-            return f"10.213.{k}"
-    raise LabError("no free 10.213.K.0/24")
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_namespace(ns: str, fn: Callable[[], T]) -> T:
-    """Run `fn` in a fresh thread that has entered the namespace (sockets it opens stay there).
-
-    A network namespace is per thread, so the caller stays in the root namespace and needs no
-    address there: this is how the harness talks to agents listening on node addresses.
-    """
-    _owner(ns)
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {ns}")
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=run, name=f"netns-{ns}")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
-
-
-def make_model(directory: Path, files: int = 4, file_size: int = 16 << 20, seed: int = 14) -> dict[str, str]:
-    """Write a model of `files` safetensors-named files of random bytes; {name: sha256} of every file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    digests = {}
-    (directory / "config.json").write_text('{"model_type": "netlab"}\n')
-    digests["config.json"] = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
-    for i in range(files):
-        name = f"model-{i + 1:05d}-of-{files:05d}.safetensors"
-        h, left = hashlib.sha256(), file_size
-        with open(directory / name, "wb") as out:
-            while left:
-                block = rng.randbytes(min(left, 8 << 20))
-                h.update(block)
-                out.write(block)
-                left -= len(block)
-        digests[name] = h.hexdigest()
-    return digests
-
-
-def hash_tree(directory: Path, names: Sequence[str]) -> dict[str, str | None]:
-    """sha256 of each named file under `directory` (None where it is missing)."""
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            with open(directory / name, "rb") as f:
-                out[name] = hashlib.file_digest(f, "sha256").hexdigest()
-        except FileNotFoundError:
-            out[name] = None
-    return out
 
 
 _LIVE: list[NetLab] = []
@@ -284,7 +122,7 @@ class NetLab:
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{self.run_id}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.subnet = _pick_subnet(os.getpid())
+        self.subnet = pick_subnet(os.getpid())
         self.members: dict[str, Member] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.hub_url: str | None = None
@@ -332,7 +170,7 @@ class NetLab:
         """Kill every process in our namespaces, delete them and their /etc/netns dirs."""
         if self not in _LIVE:
             return
-        _kill_all([ns for ns in self._made if ns in namespaces()])
+        kill_all([ns for ns in self._made if ns in namespaces()])
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(GRACE)
@@ -375,7 +213,7 @@ class NetLab:
 
     def _new_ns(self, name: str) -> str:
         ns = self.ns(name)
-        _owner(ns)
+        owner_pid(ns)
         sh("ip", "netns", "add", ns)
         self._made.append(ns)
         sh("ip", "-n", ns, "link", "set", "lo", "up")
@@ -558,11 +396,11 @@ def _status() -> int:
     runs: dict[int, list[str]] = {}
     for ns in namespaces():
         if OURS.match(ns):
-            runs.setdefault(_owner(ns), []).append(ns)
+            runs.setdefault(owner_pid(ns), []).append(ns)
     if not runs:
         print("no netlab namespaces")
     for pid, nss in sorted(runs.items()):
-        print(f"run {PREFIX}{pid}: {'live' if _alive(pid) else 'stale (python tests/netlab.py down)'}")
+        print(f"run {PREFIX}{pid}: {'live' if pid_alive(pid) else 'stale (python tests/netlab.py down)'}")
         for ns in nss:
             addr = sh("ip", "-n", ns, "-br", "-4", "addr", "show", "dev", "eth0", check=False).split()
             stats = sh("ip", "-n", ns, "-s", "-j", "link", "show", "eth0", check=False)

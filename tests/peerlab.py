@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.netlab import HUB, NetLab, hash_tree, make_model
+from tests.netlab import HUB, NetLab
 
 REPO = "lab/model"
 API_PORT = 8080
@@ -79,6 +80,38 @@ def metric(samples: Mapping[str, float], name: str | Sequence[str], **labels: st
         if all(f'{k}="{v}"' in rest for k, v in labels.items()):
             total += value
     return total
+
+
+def make_model(directory: Path, files: int = 4, file_size: int = 16 << 20, seed: int = 14) -> dict[str, str]:
+    """Write a model of `files` safetensors-named files of random bytes; {name: sha256} of every file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    digests = {}
+    (directory / "config.json").write_text('{"model_type": "netlab"}\n')
+    digests["config.json"] = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    for i in range(files):
+        name = f"model-{i + 1:05d}-of-{files:05d}.safetensors"
+        h, left = hashlib.sha256(), file_size
+        with open(directory / name, "wb") as out:
+            while left:
+                block = rng.randbytes(min(left, 8 << 20))
+                h.update(block)
+                out.write(block)
+                left -= len(block)
+        digests[name] = h.hexdigest()
+    return digests
+
+
+def hash_tree(directory: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """sha256 of each named file under `directory` (None where it is missing)."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            with open(directory / name, "rb") as f:
+                out[name] = hashlib.file_digest(f, "sha256").hexdigest()
+        except FileNotFoundError:
+            out[name] = None
+    return out
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tool_unavailable
-from tests.netlab import (
-    HUB,
-    MB,
+from tests.netlab import HUB, MB, NetLab
+from tests.netns import (
     NETNS_ETC,
     ForeignNamespace,
-    NetLab,
     destroy_namespace,
     in_namespace,
     namespaces,
