@@ -16,19 +16,19 @@ only, and every peer that supplied part of it is excluded for a while (peerset.E
 
 from __future__ import annotations
 
-import os
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent import log
 from agent.errors import ConnectionRefused, PreloadError, TransientError
 from agent.manifest import RemoteFile
 from agent.sources.base import Block, Snapshot, Source, SourceFactory
+from agent.sources.peeraudit import Audit, Supplied
 from agent.sources.peerclient import PeerClient, PeerMiss, PeerStats
 from agent.sources.peerset import SELF, PeerSet, score
 from agent.spec import ModelSpec
@@ -47,21 +47,13 @@ MISS_RETRY = 0.25
 COMPUTED = "source-computed"  # no expected hash before the copy: nothing to address peers by
 
 
-@dataclass(frozen=True)
-class Supplied:
-    """Bytes [start, end) of a file came from `peer`."""
-
-    peer: str
-    start: int
-    end: int
-
-
 class PeeredSource:
     """The origin source, with each piece taken from its owner among the peers when possible."""
 
     def __init__(self, origin: Source, peers: PeerSet, client: PeerClient, stats: PeerStats) -> None:
         self._inner = origin
         self.origin: Source = _CountedOrigin(origin, self)  # also what pieces peers asked for use
+        self._audit = Audit(self.origin)
         self.name = origin.name
         self._peers = peers
         self._client = client
@@ -100,6 +92,9 @@ class PeeredSource:
                 yield blocks
             return
         for peer, role in self._candidates(file, f"{key}/{start // PIECE}"):
+            sample = (
+                self._audit.sample(spec, snap, file, start, end) if self._audit.wants_check(peer) else None
+            )
             try:
                 cm, blocks = self._ask(peer, file, start, end, role)
             except PeerMiss:
@@ -108,7 +103,10 @@ class PeeredSource:
                 self._failed(peer, exc)
                 continue
             try:
-                yield self._peer_then_origin(peer, blocks, spec, snap, file, start, end)
+                checked = self._checked(peer, file, blocks, sample)
+                if checked is None:
+                    continue
+                yield self._peer_then_origin(peer, checked, spec, snap, file, start, end)
             finally:
                 cm.__exit__(None, None, None)
             return
@@ -118,6 +116,27 @@ class PeeredSource:
         except PreloadError:
             self._forget_seeders(file)  # the origin failed: the retry looks for copies again
             raise
+
+    def _checked(
+        self, peer: str, file: RemoteFile, blocks: Iterator[memoryview], sample: Future[bytes | None] | None
+    ) -> Iterator[memoryview] | None:
+        """`blocks`, once the first agrees with the origin's sample; None (peer excluded, or it
+        failed) when it does not."""
+        if sample is None:
+            return blocks
+        try:
+            first = next(blocks, None)
+        except TransientError as exc:
+            self._failed(peer, exc)
+            return None
+        if first is None or self._audit.matches(peer, sample.result(), first):
+            return itertools.chain([first] if first is not None else [], blocks)
+        self._exclude(peer, file, "its first bytes of a piece differ from the origin's")
+        return None
+
+    def _exclude(self, peer: str, file: RemoteFile, reason: str) -> None:
+        self._peers.exclude(peer)
+        self._log.warning("peer_excluded", peer=peer, file=file.path, reason=reason)
 
     def _candidates(self, file: RemoteFile, piece: str) -> Iterator[tuple[str, str]]:
         """Whom to ask for a piece, in order, and in which role:
@@ -144,7 +163,8 @@ class PeeredSource:
         with self._lock:
             cached = self._seeders.get(key)
         if cached is not None and now - cached[0] < (SEEDERS_TTL if cached[1] else NO_SEEDERS_TTL):
-            return cached[1]
+            live = set(self._peers.live())  # one set aside since is not asked
+            return [p for p in cached[1] if p in live]
         peers = [p for p in self._peers.live() if p != SELF]
 
         def ask(peer: str) -> bool:
@@ -192,6 +212,8 @@ class PeeredSource:
                 pos += len(block)
                 self._count(peer=len(block))
                 yield block
+                if self._peers.is_excluded(peer):
+                    break  # caught lying elsewhere meanwhile: the rest comes from the origin
         except TransientError as exc:
             self._failed(peer, exc)
         finally:
@@ -226,39 +248,16 @@ class PeeredSource:
 
     def hash_failed(self, file: RemoteFile, part: Path) -> None:
         """The file's bytes did not match: it is fetched again from the origin only, and every
-        peer whose bytes in `part` differ from the origin's is excluded (a peer whose bytes
-        cannot be compared, the origin being down, is excluded too: trust is not assumed)."""
+        peer whose bytes in `part` differ from the origin's is excluded (peeraudit.py)."""
         with self._lock:
             supplied = self._supplied.pop(file.digest.hex, [])
             if supplied:
                 self._origin_only.add(file.digest.hex)
-        blamed: dict[str, str] = {}
-        for s in supplied:
-            if s.peer in blamed:
-                continue
-            try:
-                if not self._same_as_origin(file, part, s):
-                    blamed[s.peer] = "sent bytes that differ from the origin's"
-            except (OSError, PreloadError) as exc:
-                blamed[s.peer] = f"its bytes could not be compared with the origin's: {exc}"
-        for peer, reason in sorted(blamed.items()):
-            self._peers.exclude(peer)
-            self._log.warning("peer_excluded", peer=peer, file=file.path, reason=reason)
-
-    def _same_as_origin(self, file: RemoteFile, part: Path, s: Supplied) -> bool:
-        assert self._context is not None  # a peer supplied bytes, so a range was opened
+        if not supplied or self._context is None:
+            return
         spec, snap = self._context
-        fd = os.open(part, os.O_RDONLY)
-        try:
-            pos = s.start
-            with self.origin.open_range(spec, snap, file, s.start, s.end) as blocks:
-                for block in blocks:
-                    if os.pread(fd, len(block), pos) != block:
-                        return False
-                    pos += len(block)
-            return pos == s.end
-        finally:
-            os.close(fd)
+        for peer, reason in sorted(self._audit.blame(spec, snap, file, part, supplied).items()):
+            self._exclude(peer, file, reason)
 
     def bytes_by_source(self) -> dict[str, int]:
         """What this download received from the origin and from peers."""
@@ -266,6 +265,7 @@ class PeeredSource:
             return {"origin_bytes": self.origin_bytes, "peer_bytes": self.peer_bytes}
 
     def close(self) -> None:
+        self._audit.close()
         self._inner.close()
 
 

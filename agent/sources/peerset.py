@@ -173,6 +173,11 @@ class PeerSet:
         with self._lock:
             self._excluded[peer] = time.monotonic() + EXCLUDED_FOR
 
+    def is_excluded(self, peer: str) -> bool:
+        """Whether `peer` is excluded now."""
+        with self._lock:
+            return self._excluded.get(peer, 0) > time.monotonic()
+
     def excluded(self) -> int:
         """How many peers are excluded now."""
         now = time.monotonic()
