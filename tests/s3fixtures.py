@@ -76,6 +76,7 @@ class SeaweedS3:
     admin: Identity
     reader: Identity
     port: int = 0
+    ports: tuple[int, ...] = ()  # every port weed listens on but the gRPC twins (+10000)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default_factory=Path)
 
@@ -146,6 +147,7 @@ class SeaweedS3:
             )
         )
         master, volume, filer, self.port = (_port_pair() for _ in range(4))
+        self.ports = (master, volume, filer, self.port)
         args = [
             weed_binary(),
             "server",
@@ -212,6 +214,11 @@ class SeaweedS3:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=15)
         self.proc = None
+        # weed leaves a unix socket per port in /tmp whatever TMPDIR says: remove ours.
+        for port in (p + twin for p in self.ports for twin in (0, 10000)):
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    sock.unlink()
 
     def clear(self) -> None:
         """Delete every object of the bucket (tests share one server)."""
