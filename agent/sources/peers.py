@@ -170,8 +170,9 @@ class PeeredSource:
         def ask(peer: str) -> bool:
             try:
                 return self._client.has(peer, file)
-            except TransientError as exc:
-                self._failed(peer, exc)
+            except TransientError:
+                # Not a seeder; whether it is down is for a piece request to find out (a peer
+                # still starting refuses now and owns its pieces a second later).
                 return False
 
         with ThreadPoolExecutor(min(8, len(peers) or 1), thread_name_prefix="peer-have") as pool:

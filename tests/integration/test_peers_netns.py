@@ -1,6 +1,6 @@
 """Issue 14's scenarios on the multi-node lab: real agents in node namespaces, capped links, one hub.
 
-A small model (4 x 16 MiB) behind 50 MB/s links keeps each scenario to seconds. The rows without
+A small model (64 x 2 MiB) behind 50 MB/s links keeps each scenario to seconds. The rows without
 peers need nothing new; the peer rows skip until `preload agent --peers` exists.
 """
 
@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 NODES = 8
 NAMES = [f"n{i}" for i in range(1, NODES + 1)]
-FILES, FILE_SIZE = 4, 16 << 20
+# Many small files: pieces (16 MiB at most, one per small file) spread over the 8 owners the
+# way a large model's do, so the upload bound means what it means at full size.
+FILES, FILE_SIZE = 64, 2 << 20
 RATE = 50 * MB
 PEERS = f"dns:peers.lab:{PEER_PORT}"
 WAIT = 120.0
