@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -16,7 +17,7 @@ import pytest
 
 from agent.buffers import DIRECT_ALIGN
 from agent.errors import TransientError
-from agent.sources.ranged import BODY_BUFFER, RangedReader
+from agent.sources.ranged import BODY_BUFFER, LARGE_BODIES, SMALL_BODY_BUFFER, RangedReader
 
 DATA = os.urandom(3 * BODY_BUFFER + 12345)
 
@@ -230,3 +231,21 @@ def test_slow_or_chunked_bodies_still_fill_whole_buffers(server: _Server, mode: 
     assert [len(b) for b in blocks] == [BODY_BUFFER] * 3 + [12342]
     assert _fetch(reader, _url(server), 0, 10) == (206, DATA[:10])
     assert server.connections == 1
+
+
+def test_bodies_past_the_first_few_get_smaller_buffers(server: _Server) -> None:
+    """Memory follows the connections: the first LARGE_BODIES bodies read at once get 1 MiB
+    buffers, any more (helpers behind a capped CDN) 512 KiB ones; once they end, 1 MiB again."""
+    reader = _reader()
+    url = _url(server)
+    with contextlib.ExitStack() as held:
+        for _ in range(LARGE_BODIES):
+            _, body = held.enter_context(reader.get(url, {"Range": "bytes=0-9"}, "test"))
+            assert [bytes(b) for b in body.blocks(0, 10)] == [DATA[:10]]
+        with reader.get(url, {"Range": f"bytes=0-{len(DATA) - 1}"}, "test") as (_, body):
+            sizes = [len(b) for b in body.blocks(0, len(DATA))]
+    assert sizes[0] == SMALL_BODY_BUFFER and sum(sizes) == len(DATA)
+    with reader.get(url, {"Range": f"bytes=0-{len(DATA) - 1}"}, "test") as (_, body):
+        sizes = [len(b) for b in body.blocks(0, len(DATA))]
+    assert sizes == [BODY_BUFFER] * 3 + [12345]
+    reader.close()
