@@ -86,8 +86,10 @@ class PeerClient:
     def has(self, peer: str, file: RemoteFile) -> bool:
         """Whether `peer` holds all of `file`; TransientError when it cannot be reached."""
         with self._reader.get(f"http://{peer}{have_path(file)}", {}, f"peer {peer}") as (reply, body):
-            for _ in body.blocks(0, int(reply.headers.get("Content-Length", "0") or 0)):
-                pass  # an empty body, read so the connection is reused
+            if reply.headers.get("Content-Length", "") != "0":
+                return False  # the answer has no body: one that sends some is not read (nor trusted)
+            for _ in body.blocks(0, 0):
+                pass  # marks the empty body read, so the connection is reused
             return reply.status == 200
 
     def close(self) -> None:

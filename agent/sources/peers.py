@@ -33,7 +33,7 @@ from agent.sources.peerclient import PeerClient, PeerMiss, PeerStats
 from agent.sources.peerset import SELF, PeerSet, score
 from agent.spec import ModelSpec
 
-PIECE = 16 << 20  # the unit peers are ranked for: small enough to spread evenly over 8-32 nodes
+PIECE = 8 << 20  # the unit peers are ranked for: small enough to spread uploads evenly over the nodes
 MAX_ASKED = 2  # peers asked for one piece before the origin (each miss is one round trip)
 SEEDERS_TTL = 10.0  # seconds a file's list of peers holding all of it is trusted
 NO_SEEDERS_TTL = 3.0  # ... and that no peer holds it (nodes finish files all the time)
