@@ -1,7 +1,7 @@
 """The chart with node labels on (nodeLabels.enabled): lint, strict schema validation, checkov,
 and what the RBAC, the admission policy and the DaemonSet look like. Off (the default) the chart
 has no token and no RBAC: tests/integration/test_chart.py. The policy's behaviour is tested on
-the real cluster (tests/cluster/test_node_labels.py).
+the real cluster (tests/cluster/test_cluster_node_labels.py).
 """
 
 from __future__ import annotations

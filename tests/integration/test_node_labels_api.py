@@ -4,7 +4,7 @@ A stand-in, not an API server: it keeps one Node, applies JSON merge patches, re
 the bearer token of each request, and can refuse as RBAC or an admission policy would. What it
 checks is the client's side of the wire: the in-cluster config, the token re-read on rotation,
 the merge-patch content type, the Status message of a refusal, and a refused connection. The
-real API server, RBAC and the admission policy are tested in tests/cluster/test_node_labels.py.
+real API server, RBAC and the admission policy are tested in tests/cluster/test_cluster_node_labels.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ sync driven by the model table's observer hook.
 In-process. The node sync talks to `MemoryNodeApi`, a Node held in memory that applies JSON
 merge patches as the API server does (RFC 7386) and records Events; the HTTP client itself is
 tested against a loopback stand-in server in tests/integration/test_node_labels_api.py and on
-the real cluster in tests/cluster/test_node_labels.py.
+the real cluster in tests/cluster/test_cluster_node_labels.py.
 """
 
 from __future__ import annotations
