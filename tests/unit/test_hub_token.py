@@ -40,7 +40,11 @@ def test_a_token_file_is_read_by_the_client(clean_env: Path) -> None:
     """A token file under HF_HOME (which the client may refresh): the client's own answer."""
     clean_env.mkdir()
     (clean_env / "token").write_text("hf_from_file\n")
-    assert default_token(None) == "hf_from_file"
+    # In a fresh process: the client fixes its token path when first imported, and another test
+    # of this run may have imported it under another HF_HOME.
+    code = "from agent.sources.hub import default_token; print(default_token(None))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["hf_from_file"]
 
 
 def test_no_token_anywhere_is_none_without_importing_the_client(clean_env: Path) -> None:
