@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +39,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.netlab import HUB, MB, NetLab, unavailable  # noqa: E402
+from tests.netlab import HUB, MB, SWITCH, NetLab, unavailable  # noqa: E402
 from tests.peerlab import PEER_PORT, REPO, Fleet, Model, peers_built, start_liar  # noqa: E402
 
 GIB = 1 << 30
@@ -64,6 +66,52 @@ def cpu_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+class Timeline:
+    """Each member's bytes received and sent, once a second (the switch side of its veth: one
+    `ip` call for all).
+
+    Shows where a row loses time: a node whose link idles while the swarm has pieces it lacks.
+    """
+
+    def __init__(self, lab: NetLab, names: Sequence[str], every: float = 1.0) -> None:
+        self.lab, self.names, self.every = lab, list(names), every
+        self.samples: list[dict[str, tuple[int, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self) -> dict[str, tuple[int, int]]:
+        out = subprocess.run(
+            ["ip", "-n", self.lab.ns(SWITCH), "-s", "-j", "link", "show"], capture_output=True, text=True
+        ).stdout
+        # The switch port's tx is what the member received, its rx what the member sent.
+        ports = {p["ifname"]: p["stats64"] for p in json.loads(out or "[]") if "stats64" in p}
+        zero = {"tx": {"bytes": 0}, "rx": {"bytes": 0}}
+        return {
+            n: (int(ports.get(f"v-{n}", zero)["tx"]["bytes"]), int(ports.get(f"v-{n}", zero)["rx"]["bytes"]))
+            for n in self.names
+        }
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every if self.samples else 0):
+            self.samples.append(self._read())
+
+    def __enter__(self) -> Timeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mb_per_second(self, direction: int) -> dict[str, list[float]]:
+        """Per member: MB received (`direction` 0) or sent (1) in each interval."""
+        out: dict[str, list[float]] = {n: [] for n in self.names}
+        for a, b in itertools.pairwise(self.samples):
+            for n in self.names:
+                out[n].append(round((b[n][direction] - a[n][direction]) / MB, 1))
+        return out
+
+
 def run_row(row: str, lab: NetLab, model: Model, args: argparse.Namespace) -> dict[str, Any]:
     """One scenario on fresh caches; its measurements."""
     nodes = ["n1"] if row == "t1" else [f"n{i}" for i in range(1, args.nodes + 1)]
@@ -77,13 +125,15 @@ def run_row(row: str, lab: NetLab, model: Model, args: argparse.Namespace) -> di
     names = [*nodes, HUB, *(["liar"] if liar else [])]
     before = {n: lab.link_bytes(n) for n in names}
     cpu0 = cpu_busy()
+    timeline = Timeline(lab, [*nodes, HUB])
     try:
-        agents = fleet.start_many(nodes, peers=peers)
-        try:
-            seconds: float | None = fleet.wait_ready(agents, args.timeout, poll=0.25)
-        except AssertionError as exc:  # a row that does not finish is a result too
-            print(f"{row}: {str(exc)[:300]}", file=sys.stderr)
-            seconds = None
+        with timeline:
+            agents = fleet.start_many(nodes, peers=peers)
+            try:
+                seconds: float | None = fleet.wait_ready(agents, args.timeout, poll=0.25)
+            except AssertionError as exc:  # a row that does not finish is a result too
+                print(f"{row}: {str(exc)[:300]}", file=sys.stderr)
+                seconds = None
         cpu1 = cpu_busy()
         sources = fleet.summary()
         corrupt = {a.node: fleet.corrupt(a) for a in agents if a.ready_at is not None}
@@ -117,6 +167,8 @@ def run_row(row: str, lab: NetLab, model: Model, args: argparse.Namespace) -> di
         "ready_nodes": sum(a.ready_at is not None for a in agents),
         "cpu_busy_percent": round(100 * (cpu1[0] - cpu0[0]) / max(cpu1[1] - cpu0[1], 1), 1),
         "liar_requests": liar_asked,
+        "received_mb_per_second": timeline.mb_per_second(0),
+        "sent_mb_per_second": timeline.mb_per_second(1),
     }
 
 

@@ -130,7 +130,8 @@ class Splitter:
     for the rest of the download, and every REPROBE seconds one more doubling is tried (a
     measurement over a fraction of a second is noisy, and links change). A server asking to
     slow down (429/503) or answering ever more slowly halves the count and stops the growth
-    for REPROBE_AFTER_BACKOFF.
+    for REPROBE_AFTER_BACKOFF. `fixed`: start settled at that many (pieces from peers), at most
+    `max_workers`.
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class Splitter:
         reprobe: float = math.inf,
         slots: HostSlots | None = None,
         cpu_wait: Callable[[], float | None] = cpu_wait_s,
+        fixed: int | None = None,
     ) -> None:
         self.max = max_workers
         self.slots = slots if slots is not None else HostSlots(max_workers)
@@ -164,6 +166,14 @@ class Splitter:
         self._latencies: list[float] = []
         self._latency_floor: float | None = None
         self._reset()
+        self.fixed = fixed is not None
+        if fixed is not None:
+            # Pieces from peers (peer fan-out): each arrives no faster than its owner gets it from
+            # the origin, a share of the origin's link, so what decides a node's rate is how many
+            # pieces it has in flight, and a rate measured per tick says nothing about the link
+            # (in a benchmark of 8 nodes, nodes that settled at a few connections received 20-30
+            # MB/s of their 50 for most of the rollout).
+            self._settle(max(1, min(max_workers, fixed)))
 
     def _reset(self) -> None:
         self.mark = (self._clock(), self.progress.fetched)

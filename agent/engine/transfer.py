@@ -36,7 +36,22 @@ from agent.store import Placement
 from agent.store.fs import PendingDirs
 from agent.store.ingest import link
 
+# Pieces a node keeps in flight when its source has peers in front (a Layered source). Every
+# node works on about the same pieces (walk, in _round), so the origin's link is split over
+# about this many at once: enough that a node takes a whole link's worth from pieces that each
+# trickle in at a share of the origin's rate, few enough that each piece still arrives quickly
+# (8 MiB at 50/16 MB/s: under 3 s, far from a peer's stall timeout).
+PEER_PIECES_IN_FLIGHT = 16
+
 __all__ = ["Cancelled", "Progress", "Transfer", "TransferOptions"]
+
+
+def next_piece(jobs: list[Job]) -> tuple[Job, int] | None:
+    """The first chunk nobody has taken, in the order of `jobs` (claimed for the caller)."""
+    for job in jobs:
+        if job.chunks and (idx := job.claim_next()) is not None:
+            return job, idx
+    return None
 
 
 class Cancelled(PreloadError):
@@ -143,14 +158,16 @@ class Transfer:
     def _round(self, groups: list[list[Placement]]) -> list[Job]:
         """One pass over `groups`; the jobs whose hash did not match (already discarded)."""
         # Largest first: the longest streams start at once and small files fill in around them.
-        ordered = sorted(groups, key=lambda g: -g[0].file.size)
+        # Ties by path: with peers, every node walks the files in the same order.
+        ordered = sorted(groups, key=lambda g: (-g[0].file.size, g[0].file.path))
         jobs = [
             Job(g[0].file, g[0].part, [p.final for p in g], self._chunk_size(g[0].file.size)) for g in ordered
         ]
         failed: list[Job] = []
         failed_lock = threading.Lock()
 
-        split = self._split = Splitter(self.opts.max_workers, self.progress, slots=self._slots)
+        fixed = PEER_PIECES_IN_FLIGHT if isinstance(self.source, Layered) else None
+        split = self._split = Splitter(self.opts.max_workers, self.progress, slots=self._slots, fixed=fixed)
 
         def guarded(job: Job, idx: int | None, origin: bool = False) -> None:
             try:
@@ -171,29 +188,67 @@ class Transfer:
                     if job not in failed:
                         failed.append(job)
 
-        def task(job: Job, idx: int | None, origin: bool = False) -> None:
+        def task(job: Job, idx: int | None) -> None:
             self._slots.take_one(self.check)
             self.progress.connection(+1)
             try:
-                guarded(job, idx, origin)
+                guarded(job, idx)
                 # A helper keeps its connection (and thread) for the next chunk while the count holds.
-                while idx is not None and (nxt := split.next_chunk(jobs, self.progress.connections)):
+                while idx is not None and (nxt := split.next_chunk(jobs, len(own))):
                     job, idx = nxt
                     guarded(job, idx)
             finally:
                 self.progress.connection(-1)
                 self._slots.give()
 
+        def walk() -> None:
+            # Pieces from peers: every worker takes the first piece nobody has taken, the files in
+            # one order that every node shares. The nodes then work on the same few pieces at a
+            # time, each fetched from the origin by its owner once and streamed to the others as
+            # it arrives; pieces taken in different places on each node would split the origin's
+            # link over many more pieces, each arriving too slowly to feed anyone.
+            self._slots.take_one(self.check)
+            self.progress.connection(+1)
+            try:
+                while split.keep(len(own)) and (pick := next_piece(jobs)) is not None:
+                    guarded(*pick)
+            finally:
+                self.progress.connection(-1)
+                self._slots.give()
+
+        def pulled(job: Job, idx: int) -> None:
+            # A chunk a peer is waiting for: its own thread, and no wait for a host slot. Were it
+            # queued behind this node's own fetches (which may wait on that peer's chunks in
+            # turn), both sides would stall until a read timed out.
+            self.progress.connection(+1)
+            try:
+                guarded(job, idx, origin=True)
+            finally:
+                self.progress.connection(-1)
+
         futures: list[Future[None]] = []
+        own: set[Future[None]] = set()  # this node's streams and helpers (not peers' pulls)
         shared = self._share(jobs)
         try:
-            with ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool:
-                futures += [pool.submit(task, job, None) for job in jobs]
+            with (
+                ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool,
+                ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="pull") as for_peers,
+            ):
+                if split.fixed:
+                    futures += [pool.submit(task, job, None) for job in jobs if not job.chunks]
+                    futures += [pool.submit(walk) for _ in range(split.target)]
+                else:
+                    futures += [pool.submit(task, job, None) for job in jobs]
+                own.update(futures)
                 pending: set[Future[None]] = set(futures)
                 while True:
                     while not self._pulls.empty():
                         job, idx, origin = self._pulls.get()
-                        futures.append(pool.submit(task, job, idx, origin))
+                        if origin:
+                            futures.append(for_peers.submit(pulled, job, idx))
+                        else:
+                            futures.append(pool.submit(task, job, idx))
+                            own.add(futures[-1])
                         pending.add(futures[-1])
                     if not pending:
                         with self._pull_lock:
@@ -202,13 +257,15 @@ class Transfer:
                                 break
                         continue
                     done, pending = wait(pending, timeout=SPLIT_TICK, return_when=FIRST_EXCEPTION)
+                    own -= done
                     if any(f.exception() is not None for f in done):
                         self._stop.set()
                         for f in pending:
                             f.cancel()
                         break
-                    for job, idx in split.helpers(jobs, len(pending)):
+                    for job, idx in split.helpers(jobs, len(own)):
                         futures.append(pool.submit(task, job, idx))
+                        own.add(futures[-1])
                         pending.add(futures[-1])
         finally:
             self._unshare(shared)

@@ -127,9 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
             span = start, end = start, min(end, start + have)
         elif not shared.available(start) and not shared.request(start):
             return self._reply(HTTPStatus.NOT_FOUND)  # its round is over: ask someone else
-        try:
-            fd = shared.open()
-        except OSError:
+        fd = self._open(shared)
+        if fd is None:
             return self._reply(HTTPStatus.NOT_FOUND)
         try:
             self._headers(span, shared.size)
@@ -150,6 +149,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _open(shared: Shared) -> int | None:
+        """The file's descriptor, waiting for its part file to appear: a piece just requested of
+        a file this node had not started yet (every node reaching the next file at once) is
+        there once the fetch opens the file. None: gone, or not there within STALL."""
+        deadline = time.monotonic() + STALL
+        while True:
+            try:
+                return shared.open()
+            except OSError:
+                if not shared.active or time.monotonic() > deadline:
+                    return None
+            time.sleep(WAIT_STEP)
 
     def _headers(self, span: tuple[int, int], size: int) -> None:
         start, end = span

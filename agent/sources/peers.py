@@ -91,7 +91,7 @@ class PeeredSource:
             with self._from_origin(spec, snap, file, start, end) as blocks:
                 yield blocks
             return
-        for peer, role in self._candidates(file, f"{key}/{start // PIECE}"):
+        for peer, role in self._candidates(file, start // PIECE):
             sample = (
                 self._audit.sample(spec, snap, file, start, end) if self._audit.wants_check(peer) else None
             )
@@ -138,7 +138,7 @@ class PeeredSource:
         self._peers.exclude(peer)
         self._log.warning("peer_excluded", peer=peer, file=file.path, reason=reason)
 
-    def _candidates(self, file: RemoteFile, piece: str) -> Iterator[tuple[str, str]]:
+    def _candidates(self, file: RemoteFile, index: int) -> Iterator[tuple[str, str]]:
         """Whom to ask for a piece, in order, and in which role:
         - SEEDER: peers that hold the whole file (a node that joins late, or an origin that went
           away, costs the origin nothing);
@@ -147,9 +147,10 @@ class PeeredSource:
         - PREVIOUS: when this node owns the piece, the peer ranked after it, which owned the
           piece while this node was away (starting, restarting): only what it has already.
         """
+        piece = f"{file.digest.hex}/{index}"
         for peer in sorted(self._seeders_of(file), key=lambda p: score(p, piece), reverse=True)[:MAX_ASKED]:
             yield peer, SEEDER
-        ranked = self._peers.ranked(piece)
+        ranked = self._peers.ranked(file.digest.hex, index)
         for i, peer in enumerate(ranked[:MAX_ASKED]):
             if peer == SELF:
                 if i + 1 < len(ranked):

@@ -1,9 +1,9 @@
 """Who the peers are: the `--peers` list resolved, this node left out, dead and lying peers set aside.
 
 A peer is an agent on another node that serves, by content hash, the files it holds or is
-downloading (agent/node/peerserve.py). Pieces of a file are spread over the live peers by
-rendezvous (highest-random-weight) hashing: every node computes the same owner for a piece
-without talking to the others, and when a peer joins or leaves only its own share moves.
+downloading (agent/node/peerserve.py). Every node computes the same owner for a piece without
+talking to the others: a file's pieces are dealt out evenly over the members in rendezvous
+(highest-random-weight) order (`PeerSet.ranked`).
 """
 
 from __future__ import annotations
@@ -151,17 +151,30 @@ class PeerSet:
             now = time.monotonic()
             return [p for p in self._peers if self._down.get(p, 0) <= now and self._excluded.get(p, 0) <= now]
 
-    def ranked(self, key: str) -> list[str]:
-        """Live peers by rendezvous weight for `key`, best first, with SELF in its place when
-        this node serves (everything ranked after SELF is not asked: this node fetches from
-        the origin and is the one the others ask)."""
-        candidates = self.live()
+    def ranked(self, key: str, index: int) -> list[str]:
+        """Live peers for piece `index` of the content `key`, best first, with SELF in its place
+        when this node serves (everything ranked after SELF is not asked: this node fetches from
+        the origin and is the one the others ask).
+
+        Owners are dealt out evenly: the members (every resolved peer and this node, live or not)
+        in rendezvous order for the content, piece i to the (i mod N)-th. Owners drawn at random
+        per piece left one of 8 nodes with 43 pieces of 256 and another with 26, and the busiest
+        uplink set the pace of the whole rollout (bench/results/peers.md). The others follow in
+        rendezvous order for the piece, so a dead owner's pieces spread over the rest. A member
+        that is down or excluded keeps its place in the deal (its pieces go to their next peer);
+        only a change in the resolved list (RESOLVE_EVERY) deals again.
+        """
+        live = self.live()
         with self._lock:
-            me = self._self
-        if me is not None:
-            candidates.append(me)
-        order = sorted(candidates, key=lambda p: score(p, key), reverse=True)
-        return [SELF if p == me else p for p in order]
+            me, members = self._self, [*self._peers, *([self._self] if self._self else [])]
+        if not members:
+            return []
+        by_content = sorted(members, key=lambda p: score(p, key), reverse=True)
+        owner = by_content[index % len(by_content)]
+        piece = f"{key}/{index}"
+        rest = sorted((p for p in members if p != owner), key=lambda p: score(p, piece), reverse=True)
+        usable = {*live, *([me] if me else [])}
+        return [SELF if p == me else p for p in (owner, *rest) if p in usable]
 
     def down(self, peer: str) -> None:
         """`peer` did not answer: skip it for a while."""

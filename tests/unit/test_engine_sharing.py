@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from agent.engine.sharing import Shelf
 from agent.engine.transfer import Transfer, TransferOptions
 from agent.integrity import SHA256, Digest
 from agent.manifest import RemoteFile
+from agent.node.peerserve import PeerServer
 from agent.sources.base import Block, Snapshot, Source
 from agent.spec import ModelSpec
 from agent.store import Placement
@@ -114,3 +116,60 @@ def test_a_peer_reads_what_is_written_and_pulls_a_chunk_nobody_took(tmp_path: Pa
     assert placement.final.read_bytes() == DATA
     assert shelf.get(FILE.digest.hex) is None and not shared.active  # off the shelf once the round ends
     assert not shared.request(0)  # nothing more will be fetched for it
+
+
+def test_a_piece_of_a_file_not_started_yet_is_served_once_its_fetch_opens_it(tmp_path: Path) -> None:
+    """Every node reaches a model's next file at about the same time: a peer's request for its
+    first piece arrives before this node has created the part file. The peer port pulls the
+    piece and waits for the file instead of answering "not here" (which sent the asker, and
+    the next owner it tried, to the origin for the same piece)."""
+    other = os.urandom(2 * MIB)
+    second = RemoteFile("x.bin", len(other), Digest(SHA256, hashlib.sha256(other).hexdigest()))
+    both = Snapshot("c" * 40, (FILE, second), "fake")
+    gate = threading.Event()
+
+    asked: list[tuple[str, int]] = []
+
+    class Origin(Gated):
+        @contextlib.contextmanager
+        def open_range(
+            self, spec: ModelSpec, snap: Snapshot, file: RemoteFile, start: int, end: int
+        ) -> Iterator[Iterator[Block]]:
+            asked.append((file.path, start))
+            if file is FILE:
+                self.gate.wait(10)  # the node's one worker waits here, on w.bin
+            yield iter([(DATA if file is FILE else other)[start:end]])
+
+    origin = Origin(gate)
+    front = Front(origin, origin)
+    shelf = Shelf()
+    placements = [
+        Placement(f, tmp_path / "out" / f.path, tmp_path / "staging" / f"{f.path}.part")
+        for f in (FILE, second)
+    ]
+    opts = TransferOptions(max_workers=1, chunk_size=MIB, progress_interval=60, shelf=shelf)
+    transfer = Transfer(front, ModelSpec("org/name"), both, opts, Progress())
+    server = PeerServer(("127.0.0.1", 0), shelf, lambda key: None, None)
+    server.start()
+    runner = threading.Thread(target=transfer.run, args=(placements,))
+    runner.start()
+    try:
+        for _ in range(500):
+            if shelf.get(second.digest.hex) is not None:
+                break
+            threading.Event().wait(0.01)
+        assert not placements[1].part.exists()  # nobody has touched x.bin yet
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request(
+            "GET", f"/peer/v1/blobs/sha256/{second.digest.hex}", headers={"Range": f"bytes=0-{MIB - 1}"}
+        )
+        reply = conn.getresponse()
+        assert (reply.status, reply.read()) == (206, other[:MIB])
+        conn.close()
+    finally:
+        gate.set()
+        runner.join(30)
+        server.stop()
+    assert not runner.is_alive()
+    assert [p.final.read_bytes() for p in placements] == [DATA, other]
+    assert asked.count(("x.bin", 0)) == 1  # pulled for the peer, and not fetched again

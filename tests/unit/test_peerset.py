@@ -1,4 +1,4 @@
-"""The peer list: parsing, who is this node, rendezvous ranking, peers set aside."""
+"""The peer list: parsing, who is this node, who owns a piece, peers set aside."""
 
 from __future__ import annotations
 
@@ -42,25 +42,31 @@ def test_this_node_is_left_out_and_ranked_as_self() -> None:
     nodes = [f"10.0.0.{i}" for i in range(1, 9)]
     s = _set(nodes, me="10.0.0.3")
     assert s.live() == sorted(peer_id(a, 8472) for a in nodes if a != "10.0.0.3")
-    ranks = [s.ranked(f"blob/{i}") for i in range(64)]
+    ranks = [s.ranked("blob", i) for i in range(64)]
     assert all(r.count(SELF) == 1 and len(r) == 8 for r in ranks)
     # A plain client (no peer port of its own) never ranks itself: every piece has a peer owner.
     client = _set(nodes, me="10.0.0.3", port=None)
-    assert SELF not in client.ranked("blob/0") and len(client.ranked("blob/0")) == 8
+    assert SELF not in client.ranked("blob", 0) and len(client.ranked("blob", 0)) == 8
 
 
-def test_rendezvous_spreads_pieces_and_moves_only_a_leaving_peers_share() -> None:
+def test_owners_are_dealt_evenly_and_a_dead_peers_share_spreads_over_the_rest() -> None:
     nodes = [f"10.0.0.{i}" for i in range(1, 9)]
     everyone = _set(nodes, me=None)
-    keys = [f"{'ab' * 32}/{i}" for i in range(512)]
-    owners = {k: everyone.ranked(k)[0] for k in keys}
-    counts = collections.Counter(owners.values())
-    assert len(counts) == 8 and max(counts.values()) < 2 * 512 / 8  # no node owns twice its share
+    files = [c * 64 for c in "abcd"]
+    owners = {(f, i): everyone.ranked(f, i)[0] for f in files for i in range(64)}
+    for f in files:  # every node owns exactly its share of each file's pieces
+        assert sorted(collections.Counter(o for (g, _), o in owners.items() if g == f).values()) == [8] * 8
+    # Each node computes the same owners on its own (this node's view: itself as SELF).
+    me = _set(nodes, me="10.0.0.2")
+    mine = peer_id("10.0.0.2", 8472)
+    assert all((me.ranked(f, i)[0] == SELF) == (o == mine) for (f, i), o in owners.items())
+    assert all(me.ranked(f, i)[0] == o for (f, i), o in owners.items() if o != mine)
     gone = peer_id("10.0.0.5", 8472)
     everyone.down(gone)
-    moved = [k for k in keys if everyone.ranked(k)[0] != owners[k]]
+    moved = {k: everyone.ranked(*k)[0] for k in owners if everyone.ranked(*k)[0] != owners[k]}
     assert moved and all(owners[k] == gone for k in moved)  # only the dead peer's pieces moved
-    assert all(everyone.ranked(k)[0] == owners[k] for k in keys if owners[k] != gone)
+    assert all(owners[k] != gone for k in owners if k not in moved)
+    assert len(set(moved.values())) >= 5  # ... and not all onto one other node
 
 
 def test_excluded_and_down_peers_are_set_aside_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,5 @@
 """The splitter's connection count: growth to a high ceiling, settling, top-ups, re-probes and
-back-offs (429/503, rising latency), on a test clock."""
+back-offs (429/503, rising latency), on a test clock; the fixed count and order of pieces from peers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from agent.engine.splitter import (
     Splitter,
     cpu_wait_s,
 )
+from agent.engine.transfer import next_piece
 from agent.integrity import SHA256, Digest
 from agent.manifest import RemoteFile
 
@@ -197,3 +198,31 @@ def test_by_default_a_settled_count_is_not_probed_again(tmp_path: Path) -> None:
     assert not split.growing and split.target == 2
     clock.now += 10 * REPROBE
     assert tick(80, 2) == 0 and tick(100, 2) == 0 and not split.growing and split.target == 2
+
+
+def test_pieces_from_peers_keep_a_fixed_count_whatever_the_rate(tmp_path: Path) -> None:
+    """With peers in front, a node's rate is set by how many pieces it has in flight, not by
+    rates per tick: the count starts settled (at most --max-workers) and only a 429/503 lowers it."""
+    clock, progress = _Clock(), Progress()
+    split = Splitter(128, progress, clock=clock, sample_bytes=0, fixed=16)
+    assert (split.fixed, split.growing, split.target) == (True, False, 16)
+    job = _job(tmp_path, 64)
+    running = 1
+    for rate in (10, 1, 1000, 0):  # rates that would grow, settle or stop a measured count
+        clock.now += 1
+        progress.fetched += rate
+        running += len(split.helpers([job], running))
+        assert split.target == 16 and running == 16
+    progress.connection(running)
+    split.throttled()
+    assert split.target == 8 and not split.keep(running)
+    assert Splitter(4, Progress(), fixed=16).target == 4  # never past --max-workers
+
+
+def test_peer_workers_take_pieces_in_one_order_across_files(tmp_path: Path) -> None:
+    """Every node walks the same order, so the nodes work on the same few pieces at a time."""
+    first, second = _job(tmp_path, 3), _job(tmp_path, 2)  # _job has claimed chunk 0 of each
+    picks = []
+    while (pick := next_piece([first, second])) is not None:
+        picks.append((pick[0] is first, pick[1]))
+    assert picks == [(True, 1), (True, 2), (False, 1)]
