@@ -193,10 +193,17 @@ class PeeredSource:
             cm = self._client.open(peer, file, start, end, fetch=role != PREVIOUS)
             try:
                 return cm, cm.__enter__()
-            except (PeerMiss, ConnectionRefused):
-                if role != OWNER or time.monotonic() - self._listed > START_GRACE:
-                    raise
-            time.sleep(MISS_RETRY)
+            except (PeerMiss, ConnectionRefused) as exc:
+                starting = time.monotonic() - self._listed <= START_GRACE
+                if role == OWNER and starting:
+                    time.sleep(MISS_RETRY)
+                    continue
+                if starting and isinstance(exc, ConnectionRefused):
+                    # Not listening yet: a peer still starting, not a dead one. Marked down, its
+                    # pieces would be dealt to the others in this node's view for DOWN_FOR, and
+                    # fetched from the origin twice (by them, and by the peer once it is up).
+                    raise PeerMiss(peer) from exc
+                raise
 
     def _peer_then_origin(
         self,
