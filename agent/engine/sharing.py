@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import bisect
 import os
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from agent.engine.job import Job
 
@@ -62,6 +63,65 @@ class Shared:
         if not self.active or idx < 0:
             return False
         return self._pull(self._job, idx)
+
+
+class Requests:
+    """Chunks peers asked a transfer for, waiting for its round's loop to start them; open while
+    the round runs (a request after that is refused: nothing more will be fetched)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Job, int, bool]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._open = False
+
+    def share(self, shelf: Shelf | None, jobs: list[Job]) -> list[tuple[str, Shared]]:
+        """Open for requests and put the round's files where peers find them (when the caller
+        serves peers)."""
+        if shelf is None:
+            return []
+        with self._lock:
+            self._open = True
+        out = [(job.file.digest.hex, Shared(job, self.pull)) for job in jobs]
+        for key, item in out:
+            shelf.put(key, item)
+        return out
+
+    def unshare(self, shelf: Shelf | None, shared: list[tuple[str, Shared]]) -> None:
+        self.close()
+        if shelf is not None:
+            for key, item in shared:
+                shelf.remove(key, item)
+
+    def pull(self, job: Job, idx: int) -> bool:
+        """A peer wants chunk `idx`: queue it for the origin unless someone is at it. False if
+        the round is over."""
+        with self._lock:
+            if not self._open:
+                return False
+            if job.claim(idx):
+                self._queue.put((job, idx, True))
+            return True
+
+    def give_back(self, job: Job, idx: int) -> None:
+        """A pulled chunk the origin failed: queued for a worker of the transfer's own."""
+        self._queue.put((job, idx, False))
+
+    def drain(self) -> Iterator[tuple[Job, int, bool]]:
+        """What is queued now: (job, chunk, from the origin for a peer)."""
+        while not self._queue.empty():
+            yield self._queue.get()
+
+    def close_if_idle(self) -> bool:
+        """Stop taking requests, unless one is queued (True: closed)."""
+        with self._lock:
+            if not self._queue.empty():
+                return False
+            self._open = False
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
 
 
 class Shelf:

@@ -12,11 +12,11 @@ number of times.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from agent.engine.diskio import stream_buffered, stream_direct
 from agent.engine.job import JOURNAL_EVERY, Job
 from agent.engine.plan import group, present, same_size
 from agent.engine.progress import Progress, ProgressReporter
-from agent.engine.sharing import Shared, Shelf
+from agent.engine.sharing import Requests, Shelf
 from agent.engine.splitter import SPLIT_TICK, Splitter, auto_chunk_size, host_slots
 from agent.errors import DeadlineExceeded, IntegrityError, PreloadError, Throttled, TransientError
 from agent.sources.base import Block, HashFeedback, Layered, Snapshot, Source
@@ -101,9 +101,7 @@ class Transfer:
         )
         self._split = Splitter(opts.max_workers, progress, slots=self._slots)  # one per round (see _round)
         self._log = log.get()
-        self._pulls: queue.SimpleQueue[tuple[Job, int, bool]] = queue.SimpleQueue()
-        self._pull_lock = threading.Lock()
-        self._pulls_open = False
+        self._requests = Requests()  # chunks peers asked for (with a shelf)
 
     def run(self, placements: list[Placement], reuse: Mapping[str, Path] | None = None) -> None:
         """Fetch everything not yet in place; hash mismatches are refetched a bounded number of times.
@@ -163,149 +161,9 @@ class Transfer:
         jobs = [
             Job(g[0].file, g[0].part, [p.final for p in g], self._chunk_size(g[0].file.size)) for g in ordered
         ]
-        failed: list[Job] = []
-        failed_lock = threading.Lock()
-
         fixed = PEER_PIECES_IN_FLIGHT if isinstance(self.source, Layered) else None
-        split = self._split = Splitter(self.opts.max_workers, self.progress, slots=self._slots, fixed=fixed)
-
-        def guarded(job: Job, idx: int | None, origin: bool = False) -> None:
-            try:
-                if idx is not None and origin:
-                    self._pulled(job, idx)
-                elif idx is not None:
-                    self._chunk(job, idx, helper=True)
-                elif not job.chunks:
-                    self._chunk(job, -1)
-                else:  # the file's sequential stream: chunk after chunk until a helper's
-                    while (nxt := job.claim_next()) is not None:
-                        self._chunk(job, nxt)
-            except IntegrityError:
-                if isinstance(self.source, HashFeedback):
-                    self.source.hash_failed(job.file, job.part)
-                job.discard()
-                with failed_lock:
-                    if job not in failed:
-                        failed.append(job)
-
-        def task(job: Job, idx: int | None) -> None:
-            self._slots.take_one(self.check)
-            self.progress.connection(+1)
-            try:
-                guarded(job, idx)
-                # A helper keeps its connection (and thread) for the next chunk while the count holds.
-                while idx is not None and (nxt := split.next_chunk(jobs, len(own))):
-                    job, idx = nxt
-                    guarded(job, idx)
-            finally:
-                self.progress.connection(-1)
-                self._slots.give()
-
-        def walk() -> None:
-            # Pieces from peers: every worker takes the first piece nobody has taken, the files in
-            # one order that every node shares. The nodes then work on the same few pieces at a
-            # time, each fetched from the origin by its owner once and streamed to the others as
-            # it arrives; pieces taken in different places on each node would split the origin's
-            # link over many more pieces, each arriving too slowly to feed anyone.
-            self._slots.take_one(self.check)
-            self.progress.connection(+1)
-            try:
-                while split.keep(len(own)) and (pick := next_piece(jobs)) is not None:
-                    guarded(*pick)
-            finally:
-                self.progress.connection(-1)
-                self._slots.give()
-
-        def pulled(job: Job, idx: int) -> None:
-            # A chunk a peer is waiting for: its own thread, and no wait for a host slot. Were it
-            # queued behind this node's own fetches (which may wait on that peer's chunks in
-            # turn), both sides would stall until a read timed out.
-            self.progress.connection(+1)
-            try:
-                guarded(job, idx, origin=True)
-            finally:
-                self.progress.connection(-1)
-
-        futures: list[Future[None]] = []
-        own: set[Future[None]] = set()  # this node's streams and helpers (not peers' pulls)
-        shared = self._share(jobs)
-        try:
-            with (
-                ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="fetch") as pool,
-                ThreadPoolExecutor(self.opts.max_workers, thread_name_prefix="pull") as for_peers,
-            ):
-                if split.fixed:
-                    futures += [pool.submit(task, job, None) for job in jobs if not job.chunks]
-                    futures += [pool.submit(walk) for _ in range(split.target)]
-                else:
-                    futures += [pool.submit(task, job, None) for job in jobs]
-                own.update(futures)
-                pending: set[Future[None]] = set(futures)
-                while True:
-                    while not self._pulls.empty():
-                        job, idx, origin = self._pulls.get()
-                        if origin:
-                            futures.append(for_peers.submit(pulled, job, idx))
-                        else:
-                            futures.append(pool.submit(task, job, idx))
-                            own.add(futures[-1])
-                        pending.add(futures[-1])
-                    if not pending:
-                        with self._pull_lock:
-                            if self._pulls.empty():
-                                self._pulls_open = False
-                                break
-                        continue
-                    done, pending = wait(pending, timeout=SPLIT_TICK, return_when=FIRST_EXCEPTION)
-                    own -= done
-                    if any(f.exception() is not None for f in done):
-                        self._stop.set()
-                        for f in pending:
-                            f.cancel()
-                        break
-                    for job, idx in split.helpers(jobs, len(own)):
-                        futures.append(pool.submit(task, job, idx))
-                        own.add(futures[-1])
-                        pending.add(futures[-1])
-        finally:
-            self._unshare(shared)
-        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
-        # The first real cause, not the Cancelled it triggered in the other workers.
-        error = next((e for e in errors if not isinstance(e, Cancelled)), errors[0] if errors else None)
-        for job in jobs:
-            job.close()
-        if error is not None:
-            raise error
-        return failed
-
-    def _share(self, jobs: list[Job]) -> list[tuple[str, Shared]]:
-        """Put this round's files where peers find them (when the caller serves peers)."""
-        shelf = self.opts.shelf
-        if shelf is None:
-            return []
-        with self._pull_lock:
-            self._pulls_open = True
-        out = [(job.file.digest.hex, Shared(job, self._pull)) for job in jobs]
-        for key, item in out:
-            shelf.put(key, item)
-        return out
-
-    def _unshare(self, shared: list[tuple[str, Shared]]) -> None:
-        with self._pull_lock:
-            self._pulls_open = False
-        if self.opts.shelf is not None:
-            for key, item in shared:
-                self.opts.shelf.remove(key, item)
-
-    def _pull(self, job: Job, idx: int) -> bool:
-        """A peer wants chunk `idx`: fetch it now unless someone is at it. False if this round
-        is over (nothing more will be fetched)."""
-        with self._pull_lock:
-            if not self._pulls_open:
-                return False
-            if job.claim(idx):
-                self._pulls.put((job, idx, True))
-            return True
+        self._split = Splitter(self.opts.max_workers, self.progress, slots=self._slots, fixed=fixed)
+        return _Round(self, jobs, self._split).run()
 
     def _pulled(self, job: Job, idx: int) -> None:
         """Fetch a chunk a peer asked for from the origin, briefly: when the origin fails, the
@@ -315,7 +173,7 @@ class Transfer:
             self._chunk(job, idx, helper=True, origin=True, attempts=2)
         except TransientError as exc:
             self._log.info("peer_request_failed", file=job.file.path, chunk=idx, error=str(exc))
-            self._pulls.put((job, idx, False))
+            self._requests.give_back(job, idx)
 
     def check(self) -> None:
         """Raise if the transfer must stop: an error elsewhere, a cancel request, the deadline."""
@@ -382,3 +240,127 @@ class Transfer:
     def _commit(self, job: Job) -> None:
         if job.commit(self._dirs, self.opts.drop_cache):
             self.progress.file_finished()
+
+
+class _Round:
+    """One pass of a transfer over its files: the workers, and the loop that starts them (the
+    files' streams and the splitter's helpers, or with peers the walkers; chunks peers asked for)."""
+
+    def __init__(self, transfer: Transfer, jobs: list[Job], split: Splitter) -> None:
+        self.t = transfer
+        self.jobs = jobs
+        self.split = split
+        self.failed: list[Job] = []  # hash mismatches (discarded)
+        self._failed_lock = threading.Lock()
+        self.own: set[Future[None]] = set()  # this node's streams and helpers (not peers' pulls)
+
+    def guarded(self, job: Job, idx: int | None, origin: bool = False) -> None:
+        t = self.t
+        try:
+            if idx is not None and origin:
+                t._pulled(job, idx)
+            elif idx is not None:
+                t._chunk(job, idx, helper=True)
+            elif not job.chunks:
+                t._chunk(job, -1)
+            else:  # the file's sequential stream: chunk after chunk until a helper's
+                while (nxt := job.claim_next()) is not None:
+                    t._chunk(job, nxt)
+        except IntegrityError:
+            if isinstance(t.source, HashFeedback):
+                t.source.hash_failed(job.file, job.part)
+            job.discard()
+            with self._failed_lock:
+                if job not in self.failed:
+                    self.failed.append(job)
+
+    def task(self, job: Job, idx: int | None) -> None:
+        """A file's stream (`idx` None) or a helper."""
+        with self._connection():
+            self.guarded(job, idx)
+            # A helper keeps its connection (and thread) for the next chunk while the count holds.
+            while idx is not None and (nxt := self.split.next_chunk(self.jobs, len(self.own))):
+                job, idx = nxt
+                self.guarded(job, idx)
+
+    def walk(self) -> None:
+        """Pieces from peers: every worker takes the first piece nobody has taken, the files in
+        one order that every node shares. The nodes then work on the same few pieces at a time,
+        each fetched from the origin by its owner once and streamed to the others as it
+        arrives; pieces taken in different places on each node would split the origin's link
+        over many more pieces, each arriving too slowly to feed anyone."""
+        with self._connection():
+            while self.split.keep(len(self.own)) and (pick := next_piece(self.jobs)) is not None:
+                self.guarded(*pick)
+
+    def pulled(self, job: Job, idx: int) -> None:
+        """A chunk a peer is waiting for: its own thread, and no wait for a host slot. Were it
+        queued behind this node's own fetches (which may wait on that peer's chunks in turn),
+        both sides would stall until a read timed out."""
+        self.t.progress.connection(+1)
+        try:
+            self.guarded(job, idx, origin=True)
+        finally:
+            self.t.progress.connection(-1)
+
+    @contextmanager
+    def _connection(self) -> Iterator[None]:
+        t = self.t
+        t._slots.take_one(t.check)
+        t.progress.connection(+1)
+        try:
+            yield
+        finally:
+            t.progress.connection(-1)
+            t._slots.give()
+
+    def run(self) -> list[Job]:
+        """Run the round; the jobs whose hash did not match. Raises the first real error."""
+        t, jobs, split, own = self.t, self.jobs, self.split, self.own
+        futures: list[Future[None]] = []
+        shared = t._requests.share(t.opts.shelf, jobs)
+        try:
+            with (
+                ThreadPoolExecutor(t.opts.max_workers, thread_name_prefix="fetch") as pool,
+                ThreadPoolExecutor(t.opts.max_workers, thread_name_prefix="pull") as for_peers,
+            ):
+                if split.fixed:
+                    futures += [pool.submit(self.task, job, None) for job in jobs if not job.chunks]
+                    futures += [pool.submit(self.walk) for _ in range(split.target)]
+                else:
+                    futures += [pool.submit(self.task, job, None) for job in jobs]
+                own.update(futures)
+                pending: set[Future[None]] = set(futures)
+                while True:
+                    for job, idx, origin in t._requests.drain():
+                        if origin:
+                            futures.append(for_peers.submit(self.pulled, job, idx))
+                        else:
+                            futures.append(pool.submit(self.task, job, idx))
+                            own.add(futures[-1])
+                        pending.add(futures[-1])
+                    if not pending:
+                        if t._requests.close_if_idle():
+                            break
+                        continue
+                    done, pending = wait(pending, timeout=SPLIT_TICK, return_when=FIRST_EXCEPTION)
+                    own -= done
+                    if any(f.exception() is not None for f in done):
+                        t._stop.set()
+                        for f in pending:
+                            f.cancel()
+                        break
+                    for job, idx in split.helpers(jobs, len(own)):
+                        futures.append(pool.submit(self.task, job, idx))
+                        own.add(futures[-1])
+                        pending.add(futures[-1])
+        finally:
+            t._requests.unshare(t.opts.shelf, shared)
+        errors = [e for f in futures if not f.cancelled() and (e := f.exception()) is not None]
+        # The first real cause, not the Cancelled it triggered in the other workers.
+        error = next((e for e in errors if not isinstance(e, Cancelled)), errors[0] if errors else None)
+        for job in jobs:
+            job.close()
+        if error is not None:
+            raise error
+        return self.failed
