@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from agent import log
 from agent.errors import UsageError
 from agent.modelview import ConfigView, ModelView
 from agent.node import metrics
+from agent.node.serverthread import ServerThread
 from agent.spec import validate_repo_id
 
 QUIET_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
@@ -205,32 +205,11 @@ class _Server(ThreadingHTTPServer):
         self.status = status
 
 
-class ApiServer:
+class ApiServer(ServerThread):
     """The API on its own thread."""
 
     def __init__(self, listen: tuple[str, int], status: Status) -> None:
-        self._server = _Server(listen, status)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2})
-        self._thread.daemon = True
-
-    @property
-    def host(self) -> str:
-        """The bound address."""
-        return str(self._server.server_address[0])
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful after binding port 0)."""
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        """Serve in the background."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_Server(listen, status), "api-server")
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from agent import log
 from agent.engine.sharing import Shared, Shelf
+from agent.node.serverthread import ServerThread
 from agent.sources.peerclient import NO_FETCH
 from agent.spec import ModelSpec
 from agent.store import Store
@@ -219,31 +220,18 @@ class _Server(ThreadingHTTPServer):
         self.stats = ServedStats()
 
 
-class PeerServer:
+class PeerServer(ServerThread):
     """The peer port on its own thread."""
 
     def __init__(
         self, listen: tuple[str, int], shelf: Shelf, published: Published, token: str | None
     ) -> None:
-        self._server = _Server(listen, shelf, published, token)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="peer-server", daemon=True
-        )
+        self._peer_server = _Server(listen, shelf, published, token)
+        super().__init__(self._peer_server, "peer-server")
 
     @property
     def stats(self) -> ServedStats:
-        return self._server.stats
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return self._peer_server.stats
 
 
 class PublishedIndex:
