@@ -304,12 +304,19 @@ class NetLab:
         tmp.write_text("".join(f"{self.ip(n)} {self.dns_name}\n" for n in self._in_dns))
         os.replace(tmp, self._hosts_file)
         assert self._dns_proc is not None
-        self._dns_proc.send_signal(signal.SIGHUP)
         want = {self.ip(n) for n in self._in_dns}
         deadline = time.monotonic() + 10
-        while self.resolve(HUB) != want:
-            if self._dns_proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"dnsmasq does not answer {sorted(want)} for {self.dns_name}")
+        hup_at = 0.0
+        while (got := self.resolve(HUB)) != want:
+            if self._dns_proc.poll() is not None:
+                raise LabError(
+                    f"dnsmasq exited {self._dns_proc.returncode}; see {self.workdir / 'dnsmasq.log'}"
+                )
+            if time.monotonic() > deadline:
+                raise LabError(f"dnsmasq answers {sorted(got)}, not {sorted(want)}, for {self.dns_name}")
+            if time.monotonic() - hup_at > 2:  # again, if a reload went unseen (it is idempotent)
+                self._dns_proc.send_signal(signal.SIGHUP)
+                hup_at = time.monotonic()
             time.sleep(0.05)
 
     def resolve(self, name: str, host: str | None = None) -> set[str]:
