@@ -236,9 +236,12 @@ class PeerServer(ServerThread):
 
 class PublishedIndex:
     """Content hash -> path over the ready models' published files, rebuilt at most every few
-    seconds (a lookup per peer request must not read every marker)."""
+    seconds (a lookup per peer request must not read every marker), and sooner on a miss: a
+    model that has just become ready leaves the transfer's shelf at once, and a peer told "not
+    here" in the seconds before the next rebuild would fetch that file from the origin again."""
 
     TTL = 5.0
+    MISS_TTL = 0.5  # a miss rebuilds the index if it is older than this
 
     def __init__(self, ready: Callable[[], list[ModelSpec]], store: Store) -> None:
         self._ready = ready
@@ -249,7 +252,8 @@ class PublishedIndex:
 
     def find(self, key: str) -> Path | None:
         with self._lock:
-            if time.monotonic() - self._built >= self.TTL:
+            age = time.monotonic() - self._built
+            if age >= self.TTL or (key not in self._index and age >= self.MISS_TTL):
                 index: dict[str, Path] = {}
                 for spec in self._ready():
                     index.update(self._store.published_files(spec))
